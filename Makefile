@@ -1,0 +1,31 @@
+# Set-up and the two jobs of the README. Everything installs into a local virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of this release is on the build machines' disk; an unpinned torch pulls CUDA.
+TORCH_VERSION ?= 2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-torch-$(TORCH_VERSION)
+PYTEST_WORKERS ?= 2
+
+.PHONY: install test lint demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,examples]"
+	touch $@
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
+
+demo: $(STAMP)
+	$(BIN)/python examples/quickstart.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -1,0 +1,123 @@
+"""The result of a forward solve: the fixed point and honest statistics about how it was found."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Solution", "Status"]
+
+
+class Status(str, enum.Enum):
+    """Why a solve (or one sample of a batched solve) stopped.
+
+    A ``str`` enum: ``sol.status == "converged"`` and ``sol.status == fp.Status.CONVERGED``
+    both work.
+    """
+
+    CONVERGED = "converged"
+    """The residual reached ``atol + rtol * ‖z‖₂``."""
+    MAX_ITER = "max_iter"
+    """``max_iter`` steps were taken without reaching the tolerance."""
+    NONFINITE = "nonfinite"
+    """``f`` returned, or the solver produced, an infinite or NaN value."""
+    DIVERGED = "diverged"
+    """The residual grew past ``divergence`` times the lowest residual reached."""
+
+    @property
+    def explanation(self) -> str:
+        """A sentence on the likely cause and what to try."""
+        return _EXPLANATIONS[self]
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"Status.{self.name}"
+
+
+_EXPLANATIONS = {
+    Status.CONVERGED: "the residual reached the tolerance",
+    Status.MAX_ITER: (
+        "the tolerance was not reached in max_iter steps: raise max_iter, loosen atol/rtol, or use "
+        "an accelerated solver (Anderson, Broyden) if the map contracts slowly"
+    ),
+    Status.NONFINITE: (
+        "a NaN or infinite value appeared: check f at the returned (best finite) iterate, lower "
+        "Anderson's beta / use damping, or start closer to the solution"
+    ),
+    Status.DIVERGED: (
+        "the residual grew by more than the `divergence` factor: the map is probably not a "
+        "contraction here; damp it (Picard damping, Anderson beta) or check its Lipschitz constant"
+    ),
+}
+
+# Integer codes used inside the solver loop; index i of _CODES is the Status with code i + 1.
+RUNNING = 0
+_CODES = (Status.CONVERGED, Status.MAX_ITER, Status.NONFINITE, Status.DIVERGED)
+CONVERGED, MAX_ITER, NONFINITE, DIVERGED = 1, 2, 3, 4
+
+
+def status_from_codes(codes: Tensor, batched: bool) -> Status | tuple[Status, ...]:
+    values = [_CODES[int(c) - 1] for c in codes.tolist()]
+    return tuple(values) if batched else values[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Solution:
+    """The result of :func:`fixpoint.solve`.
+
+    Attributes
+    ----------
+    value
+        The returned iterate, with the structure of ``z0``. It is the iterate with the lowest
+        residual seen (for a converged sample, the first that met the tolerance).
+    residual
+        ``‖f(value) − value‖₂``; shape ``()`` or ``(B,)`` when batched. ``inf`` if no finite
+        iterate was ever seen.
+    converged
+        Bool tensor, shape ``()`` or ``(B,)``.
+    iterations
+        Solver steps taken (per sample when batched; a sample stops counting when it stops).
+    fevals
+        Evaluations of ``f`` made on the sample until it stopped, the initial ``f(z0)`` included.
+    trace
+        Residual norm of the current iterate after every step, starting with ``z0``; shape
+        ``(T,)`` or ``(T, B)`` with ``T = max(iterations) + 1``. A stopped sample's entries
+        stay at its last residual.
+    status
+        A :class:`Status`, or a tuple of them (one per sample) when batched.
+    """
+
+    value: Any
+    residual: Tensor
+    converged: Tensor
+    iterations: Tensor
+    fevals: Tensor
+    trace: Tensor
+    status: Status | tuple[Status, ...]
+
+    @property
+    def batched(self) -> bool:
+        return isinstance(self.status, tuple)
+
+    def __repr__(self) -> str:
+        if self.batched:
+            counts: dict[str, int] = {}
+            for s in self.status:
+                counts[s.value] = counts.get(s.value, 0) + 1
+            res = self.residual
+            finite = res[torch.isfinite(res)]
+            worst = f"{finite.max().item():.3g}" if finite.numel() else "inf"
+            return (
+                f"Solution(batch={len(self.status)}, status={counts}, max residual={worst}, "
+                f"iterations≤{int(self.iterations.max())}, fevals≤{int(self.fevals.max())})"
+            )
+        return (
+            f"Solution(status={self.status.value}, residual={self.residual.item():.3g}, "
+            f"iterations={int(self.iterations)}, fevals={int(self.fevals)})"
+        )

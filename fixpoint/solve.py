@@ -1,0 +1,92 @@
+"""``fp.solve``: find a fixed point of any map, with no autograd graph."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fixpoint._tree import Layout, flat_map
+from fixpoint.solution import Solution
+from fixpoint.solvers.anderson import Anderson
+from fixpoint.solvers.base import Solver
+
+__all__ = ["check_inputs", "solve"]
+
+
+def check_inputs(f: Any, solver: Any) -> None:
+    """Raise ``TypeError`` when ``f`` is not callable or ``solver`` is not a solver instance."""
+    if not callable(f):
+        raise TypeError(f"f must be callable as f(z, *args), got {type(f).__name__}")
+    if isinstance(solver, type) and issubclass(solver, Solver):
+        raise TypeError(
+            f"solver must be a solver instance: write solver={solver.__name__}(), "
+            f"not solver={solver.__name__}"
+        )
+    if not isinstance(solver, Solver):
+        raise TypeError(
+            f"solver must be an instance of fixpoint.Solver (e.g. fp.Anderson()), "
+            f"got {type(solver).__name__}"
+        )
+
+
+def solve(
+    f: Callable[..., Any],
+    z0: Any,
+    *args: Any,
+    solver: Solver = Anderson(),
+    batched: bool = False,
+) -> Solution:
+    r"""Find ``z`` with ``z = f(z, *args)``; no gradient flows through the result.
+
+    Parameters
+    ----------
+    f
+        The map, called as ``f(z, *args)``. It must return the structure, shapes and dtype of
+        ``z``.
+    z0
+        Starting point: a floating-point tensor or a pytree (tuple/list/dict) of them.
+    *args
+        Extra inputs of ``f``, passed through unchanged.
+    solver
+        A forward solver: :class:`~fixpoint.Picard`, :class:`~fixpoint.Anderson` (default) or
+        :class:`~fixpoint.Broyden`, or your own :class:`~fixpoint.Solver`.
+    batched
+        When ``True`` the leading dimension of every tensor of ``z0`` is a batch of independent
+        problems: stopping, residuals, iterations and status are per sample, and a sample that
+        has converged is no longer changed.
+
+    Returns
+    -------
+    Solution
+        ``value`` with the structure of ``z0``, and statistics of shape ``()`` (or ``(B,)``).
+
+    Examples
+    --------
+    >>> import torch, fixpoint as fp
+    >>> sol = fp.solve(torch.cos, torch.zeros(()), solver=fp.Anderson(atol=1e-10, rtol=0))
+    >>> round(sol.value.item(), 6), sol.status
+    (0.739085, Status.CONVERGED)
+    """
+    check_inputs(f, solver)
+    layout = Layout.of(z0, batched)
+    with torch.no_grad():
+        flat = solver.iterate(flat_map(f, layout, args), layout.flatten(z0).detach())
+    return unflatten_solution(flat, layout)
+
+
+def unflatten_solution(flat: Solution, layout: Layout) -> Solution:
+    """Give a flat solution (from :meth:`Solver.iterate`) the structure of the caller's state."""
+    if layout.batch is not None:
+        return dataclasses.replace(flat, value=layout.unflatten(flat.value))
+    return Solution(
+        value=layout.unflatten(flat.value),
+        residual=flat.residual[0],
+        converged=flat.converged[0],
+        iterations=flat.iterations[0],
+        fevals=flat.fevals[0],
+        trace=flat.trace[:, 0],
+        status=flat.status[0],
+    )

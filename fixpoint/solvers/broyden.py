@@ -1,0 +1,154 @@
+"""Limited-memory "good" Broyden method on the residual ``g(z) = f(z) − z``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fixpoint.solvers.base import FlatMap, Solver, row_norm
+
+__all__ = ["Broyden", "BroydenState", "apply_inverse", "apply_inverse_transpose", "broyden_update"]
+
+
+def apply_inverse(u: Tensor, v: Tensor, x: Tensor) -> Tensor:
+    r"""Apply :math:`H = -I + \sum_i u_i v_i^\top` (``u, v``: ``(B, m, n)``) to ``x``."""
+    return torch.bmm(u.transpose(1, 2), torch.bmm(v, x[..., None]))[..., 0] - x
+
+
+def apply_inverse_transpose(u: Tensor, v: Tensor, x: Tensor) -> Tensor:
+    r"""Apply :math:`H^\top = -I + \sum_i v_i u_i^\top` to ``x``."""
+    return torch.bmm(v.transpose(1, 2), torch.bmm(u, x[..., None]))[..., 0] - x
+
+
+def broyden_update(u: Tensor, v: Tensor, s: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The rank-one term of the good Broyden update of the inverse Jacobian :math:`H`.
+
+    .. math:: H_+ = H + \frac{(s - H y)\, s^\top H}{s^\top H y},
+
+    for the step :math:`s = z_+ - z` and residual change :math:`y = g_+ - g`, so that the secant
+    condition :math:`H_+ y = s` holds. Returns ``(u_new, v_new)`` with
+    :math:`H_+ = H + u_{new} v_{new}^\top`. Where :math:`|s^\top H y|` is tiny relative to
+    :math:`\|s\|\|Hy\|` (or anything is not finite) the term is zero: that sample skips the update.
+    """
+    hy = apply_inverse(u, v, y)
+    denom = (s * hy).sum(1)
+    eps = torch.finfo(s.dtype).eps ** 0.5
+    ok = (denom.abs() > eps * row_norm(s) * row_norm(hy)) & torch.isfinite(denom)
+    safe = torch.where(ok, denom, 1.0)
+    u_new = (s - hy) / safe[:, None]
+    v_new = apply_inverse_transpose(u, v, s)
+    keep = (
+        ok[:, None]
+        & torch.isfinite(u_new).all(1, keepdim=True)
+        & torch.isfinite(v_new).all(1, keepdim=True)
+    )
+    return torch.where(keep, u_new, 0.0), torch.where(keep, v_new, 0.0)
+
+
+@dataclass
+class BroydenState:
+    """The low-rank factors of the inverse Jacobian (circular, ``(B, memory, n)``)."""
+
+    u: Tensor
+    v: Tensor
+    z_prev: Tensor
+    g_prev: Tensor
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class Broyden(Solver):
+    r"""Limited-memory good Broyden method for the root of :math:`g(z) = f(z) - z`.
+
+    Keeps :math:`H \approx (\partial g/\partial z)^{-1}` as :math:`-I` plus at most ``memory``
+    rank-one terms (the oldest is overwritten when full) and steps :math:`z_+ = z - \alpha H g(z)`.
+    The first step, with :math:`H = -I`, is a Picard step.
+
+    Parameters
+    ----------
+    memory
+        Number of rank-one updates kept, ≥ 1.
+    line_search
+        Backtrack :math:`\alpha = 1, 1/2, 1/4, \dots` until
+        :math:`\|g(z_+)\| \le (1 - 10^{-4}\alpha)\|g(z)\|` (each trial costs one evaluation of
+        ``f``); without it :math:`\alpha = 1`.
+    max_backtracks
+        Most halvings per step; if none is accepted, the trial with the lowest residual is taken.
+    atol, rtol, max_iter, divergence
+        See :class:`~fixpoint.Solver`.
+
+    Examples
+    --------
+    >>> import torch, fixpoint as fp
+    >>> sol = fp.solve(lambda z: torch.cos(z) / 2 + 0.1 * z, torch.zeros(4, dtype=torch.float64),
+    ...                solver=fp.Broyden(atol=1e-12, rtol=0))
+    >>> bool(sol.converged), int(sol.iterations) < 10
+    (True, True)
+    """
+
+    memory: int = 20
+    line_search: bool = False
+    max_backtracks: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1:
+            raise ValueError(f"Broyden: memory must be an integer ≥ 1, got {self.memory!r}")
+        if not isinstance(self.line_search, bool):
+            raise TypeError(f"Broyden: line_search must be a bool, got {self.line_search!r}")
+        if not isinstance(self.max_backtracks, int) or self.max_backtracks < 1:
+            raise ValueError(
+                f"Broyden: max_backtracks must be an integer ≥ 1, got {self.max_backtracks!r}"
+            )
+
+    def init(self, fn: FlatMap, z: Tensor, fz: Tensor) -> BroydenState:
+        batch, n = z.shape
+        return BroydenState(
+            u=z.new_zeros(batch, self.memory, n),
+            v=z.new_zeros(batch, self.memory, n),
+            z_prev=z,
+            g_prev=fz - z,
+        )
+
+    def step(
+        self, fn: FlatMap, z: Tensor, fz: Tensor, state: BroydenState
+    ) -> tuple[Tensor, Tensor, BroydenState]:
+        g = fz - z
+        if state.count > 0:
+            j = (state.count - 1) % self.memory
+            u_new, v_new = broyden_update(state.u, state.v, z - state.z_prev, g - state.g_prev)
+            state.u[:, j], state.v[:, j] = u_new, v_new
+        state.z_prev, state.g_prev = z, g
+        state.count += 1
+        direction = -apply_inverse(state.u, state.v, g)
+        z_next = z + direction
+        fz_next = fn(z_next)
+        if self.line_search:
+            z_next, fz_next = self._backtrack(fn, z, g, direction, z_next, fz_next)
+        return z_next, fz_next, state
+
+    def _backtrack(
+        self, fn: FlatMap, z: Tensor, g: Tensor, direction: Tensor, z_next: Tensor, fz_next: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        r0 = row_norm(g)
+        r_best = row_norm(fz_next - z_next)
+        r_best = torch.where(torch.isfinite(r_best), r_best, torch.inf)
+        alpha = torch.ones_like(r0)
+        # Samples that have stopped (converged or not finite) need no backtracking.
+        done = ~torch.isfinite(r0) | (r0 <= self.atol + self.rtol * row_norm(z))
+        accepted = done | (r_best <= (1 - 1e-4) * r0)
+        for _ in range(self.max_backtracks):
+            if bool(accepted.all()):
+                break
+            alpha = torch.where(accepted, alpha, alpha / 2)
+            z_try = z + alpha[:, None] * direction
+            fz_try = fn(z_try)
+            r_try = row_norm(fz_try - z_try)
+            better = ~accepted & (r_try < r_best)
+            z_next = torch.where(better[:, None], z_try, z_next)
+            fz_next = torch.where(better[:, None], fz_try, fz_next)
+            r_best = torch.where(better, r_try, r_best)
+            accepted = accepted | (r_try <= (1 - 1e-4 * alpha) * r0)
+        return z_next, fz_next

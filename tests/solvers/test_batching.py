@@ -1,0 +1,109 @@
+"""batched=True: every row is its own problem, with its own stopping, statistics and status."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fixpoint as fp
+from fixpoint.testing import contractions
+from tests.solvers.test_convergence import SOLVERS, make_solver
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+@given(problem=contractions(gamma=st.floats(0.0, 0.9), batch=st.integers(1, 5)))
+def test_batched_solve_equals_separate_solves(name, problem):
+    solver = make_solver(name, 1e-10)
+    batched = fp.solve(problem.f, problem.z0, *problem.args, solver=solver, batched=True)
+    assert batched.residual.shape == batched.converged.shape == (problem.z0.shape[0],)
+    assert batched.iterations.shape == batched.fevals.shape == (problem.z0.shape[0],)
+    assert batched.trace.shape == (int(batched.iterations.max()) + 1, problem.z0.shape[0])
+    assert len(batched.status) == problem.z0.shape[0]
+    for b in range(problem.z0.shape[0]):
+        alone = fp.solve(problem.f, problem.z0[b], *(a[b] for a in problem.args), solver=solver)
+        assert batched.status[b] == alone.status == "converged"
+        # Same trajectory up to rounding of batched matrix products.
+        assert abs(int(batched.iterations[b]) - int(alone.iterations)) <= 1
+        torch.testing.assert_close(batched.value[b], alone.value, atol=1e-9, rtol=0)
+    torch.testing.assert_close(batched.value, problem.reference(), atol=1e-8, rtol=0)
+
+
+def mixed_difficulty(gammas: torch.Tensor):
+    """f(z)_b = γ_b · tanh(z_b) + 1 row by row: harder rows (γ near 1) take more steps."""
+
+    def f(z):
+        return gammas[:, None] * torch.tanh(z) + 1.0
+
+    return f
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_converged_samples_are_not_degraded(name):
+    gammas = torch.tensor([0.1, 0.5, 0.9, 0.99], dtype=torch.float64)
+    f = mixed_difficulty(gammas)
+    z0 = torch.zeros(4, 3, dtype=torch.float64)
+    solver = make_solver(name, 1e-12)
+    sol = fp.solve(f, z0, solver=solver, batched=True)
+    assert all(s == "converged" for s in sol.status)
+    iters = sol.iterations.tolist()
+    assert iters[0] < iters[-1]  # rows stop at different steps
+    # A row that stopped early is exactly the iterate at which it stopped.
+    first = fp.solve(lambda z: gammas[0] * torch.tanh(z) + 1.0, z0[0], solver=solver)
+    assert int(first.iterations) == iters[0]
+    if name == "broyden-ls":
+        # A backtracking trial of another row evaluates the whole batch, this row too.
+        assert int(first.fevals) <= int(sol.fevals[0])
+    else:
+        assert int(first.fevals) == int(sol.fevals[0])
+    torch.testing.assert_close(sol.value[0], first.value, atol=0, rtol=0)
+    # Its trace stays at its final residual after it stopped.
+    assert (sol.trace[iters[0] :, 0] == sol.trace[iters[0], 0]).all()
+
+
+def test_a_row_that_starts_converged_is_untouched():
+    f = mixed_difficulty(torch.tensor([0.5, 0.9], dtype=torch.float64))
+    exact = fp.solve(
+        lambda z: 0.5 * torch.tanh(z) + 1.0,
+        torch.zeros(2, dtype=torch.float64),
+        solver=fp.Anderson(atol=1e-14, rtol=0),
+    ).value
+    z0 = torch.stack([exact, torch.zeros(2, dtype=torch.float64)])
+    sol = fp.solve(f, z0, solver=fp.Anderson(atol=1e-10, rtol=0), batched=True)
+    assert sol.iterations.tolist()[0] == 0 and int(sol.fevals[0]) == 1
+    assert torch.equal(sol.value[0], exact)
+    assert int(sol.iterations[1]) > 0 and sol.status == ("converged", "converged")
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_failing_row_does_not_spoil_the_others(name):
+    """Row 0's map produces NaN; rows 1 and 2 still converge to their own answers."""
+
+    def f(z):
+        out = 0.5 * torch.tanh(z) + 1.0
+        return torch.cat([torch.log(z[:1] - 10.0), out[1:]])
+
+    z0 = torch.zeros(3, 2, dtype=torch.float64)
+    sol = fp.solve(f, z0, solver=make_solver(name, 1e-10), batched=True)
+    assert sol.status[0] == "nonfinite" and sol.status[1:] == ("converged", "converged")
+    assert torch.isfinite(sol.value).all()
+    assert sol.converged.tolist() == [False, True, True]
+    alone = fp.solve(lambda z: 0.5 * torch.tanh(z) + 1.0, z0[1], solver=make_solver(name, 1e-10))
+    torch.testing.assert_close(sol.value[1], alone.value, atol=1e-12, rtol=0)
+
+
+def test_batched_fevals_count_the_calls():
+    calls = 0
+
+    def f(z):
+        nonlocal calls
+        calls += 1
+        return mixed_difficulty(torch.tensor([0.2, 0.95], dtype=torch.float64))(z)
+
+    sol = fp.solve(
+        f,
+        torch.zeros(2, 3, dtype=torch.float64),
+        solver=fp.Broyden(atol=1e-10, rtol=0, line_search=True),
+        batched=True,
+    )
+    assert int(sol.fevals.max()) == calls
+    assert int(sol.fevals[0]) <= int(sol.fevals[1])
