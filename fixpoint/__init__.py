@@ -6,21 +6,63 @@
 True
 """
 
-from fixpoint import operators, testing
-from fixpoint.solution import Solution, Status
+from typing import Any
+
+from fixpoint import nn, operators
+from fixpoint.diagnostics import EstimatorComparison, compare_estimators, format_comparison
+from fixpoint.estimators import (
+    CG,
+    JFB,
+    ConvergenceWarning,
+    Estimate,
+    Estimator,
+    Exact,
+    Implicit,
+    Neumann,
+    Phantom,
+)
+from fixpoint.fixed_point import fixed_point
+from fixpoint.matvecs import MatvecCount, count_matvecs
+from fixpoint.solution import BackwardInfo, Solution, Status
 from fixpoint.solve import solve
 from fixpoint.solvers import Anderson, Broyden, Picard, Solver
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CG",
+    "JFB",
     "Anderson",
+    "BackwardInfo",
     "Broyden",
+    "ConvergenceWarning",
+    "Estimate",
+    "Estimator",
+    "EstimatorComparison",
+    "Exact",
+    "Implicit",
+    "MatvecCount",
+    "Neumann",
+    "Phantom",
     "Picard",
     "Solution",
     "Solver",
     "Status",
+    "compare_estimators",
+    "count_matvecs",
+    "fixed_point",
+    "format_comparison",
+    "nn",
     "operators",
     "solve",
     "testing",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # fp.testing is imported on first use: it is not needed to solve or train.
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module("fixpoint.testing")
+    raise AttributeError(f"module 'fixpoint' has no attribute {name!r}")

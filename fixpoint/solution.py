@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Solution", "Status"]
+__all__ = ["BackwardInfo", "Solution", "Status"]
 
 
 class Status(str, enum.Enum):
@@ -67,6 +67,40 @@ def status_from_codes(codes: Tensor, batched: bool) -> Status | tuple[Status, ..
     return tuple(values) if batched else values[0]
 
 
+@dataclass(eq=False)
+class BackwardInfo:
+    """What the gradient estimator did in the last backward pass through a fixed point.
+
+    Filled (and overwritten) each time gradients flow back through
+    :func:`fixpoint.fixed_point`; ``calls`` says how many times that happened. Tensors have
+    shape ``()`` or ``(B,)`` like the :class:`Solution`'s statistics.
+
+    Attributes
+    ----------
+    estimator
+        ``repr`` of the estimator.
+    calls
+        Backward passes so far (0 until ``backward()`` runs).
+    converged
+        Whether the estimator reached its tolerance (``None`` for a direct estimator: JFB,
+        Neumann, Phantom).
+    residual
+        ``‖g − (I − Jᵀ) w‖₂`` where the estimator knows it, else ``None``.
+    iterations
+        The estimator's own iterations, where it has any.
+    vjp, jvp
+        Jacobian products of the last backward pass, counted per sample.
+    """
+
+    estimator: str
+    calls: int = 0
+    converged: Tensor | None = None
+    residual: Tensor | None = None
+    iterations: int | None = None
+    vjp: int = 0
+    jvp: int = 0
+
+
 @dataclass(frozen=True, eq=False)
 class Solution:
     """The result of :func:`fixpoint.solve`.
@@ -91,6 +125,9 @@ class Solution:
         stay at its last residual.
     status
         A :class:`Status`, or a tuple of them (one per sample) when batched.
+    backward
+        For :func:`fixpoint.fixed_point`: a :class:`BackwardInfo` that the backward pass fills;
+        ``None`` for :func:`fixpoint.solve`.
     """
 
     value: Any
@@ -100,6 +137,7 @@ class Solution:
     fevals: Tensor
     trace: Tensor
     status: Status | tuple[Status, ...]
+    backward: BackwardInfo | None = None
 
     @property
     def batched(self) -> bool:

@@ -4,5 +4,14 @@ from fixpoint.operators.affine import Affine
 from fixpoint.operators.lipschitz import lipschitz
 from fixpoint.operators.proximal import ProximalGradient, lasso, soft_threshold
 from fixpoint.operators.relaxed import Relaxed
+from fixpoint.operators.spectral import spectral_radius
 
-__all__ = ["Affine", "ProximalGradient", "Relaxed", "lasso", "lipschitz", "soft_threshold"]
+__all__ = [
+    "Affine",
+    "ProximalGradient",
+    "Relaxed",
+    "lasso",
+    "lipschitz",
+    "soft_threshold",
+    "spectral_radius",
+]
