@@ -2,6 +2,7 @@
 
 from fixpoint.operators.affine import Affine
 from fixpoint.operators.lipschitz import lipschitz
+from fixpoint.operators.normalization import clip_operator_norm_, operator_norm
 from fixpoint.operators.proximal import ProximalGradient, lasso, soft_threshold
 from fixpoint.operators.relaxed import Relaxed
 from fixpoint.operators.spectral import spectral_radius
@@ -10,8 +11,10 @@ __all__ = [
     "Affine",
     "ProximalGradient",
     "Relaxed",
+    "clip_operator_norm_",
     "lasso",
     "lipschitz",
+    "operator_norm",
     "soft_threshold",
     "spectral_radius",
 ]

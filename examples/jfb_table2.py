@@ -1,0 +1,489 @@
+"""Reproduce Table 2 and Figures 5–6 of the JFB paper with fixpoint.
+
+Trains the paper's implicit networks (``jfb_networks.py``) with several backward methods and
+compares them: average time per training epoch, Jacobian mat-vec products (counted with
+``fp.count_matvecs``), test accuracy and forward iterations per batch. As in the paper, the
+Jacobian-based method solves ``(I − J)ᵀ w = g`` by conjugate gradients on the normal equations
+and a batch whose CG solve does not converge is skipped (not used for an update) and counted.
+
+    python examples/jfb_table2.py                               # digits, the four methods
+    python examples/jfb_table2.py --methods jfb jacobian --epochs 5
+    python examples/jfb_table2.py --dataset mnist --data-dir ~/data --download --device cuda
+
+Data sets: ``digits`` (scikit-learn's 8×8 digits, shipped with it, the default), ``mnist``,
+``svhn`` and ``cifar10`` (read with torchvision from ``--data-dir``; downloaded only with
+``--download``). Methods: ``jfb``, ``jacobian`` (CG on the normal equations), ``neumann-K``,
+``phantom-K``, ``implicit`` (adjoint fixed point by Anderson), ``exact`` (dense; tiny latents).
+
+Writes ``table2.csv``, ``table2.json``, ``figure5.png`` (JFB vs Jacobian-based: test accuracy
+against epoch and wall time) and ``figure6.png`` (JFB vs Neumann-k) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from jfb_networks import FPN, NETWORKS, parameter_count
+
+import fixpoint as fp
+
+PAPER_SPEEDUP = {"mnist": 1.6, "svhn": 2.5, "cifar10": 3.6}
+"""Jacobian-based / JFB time per epoch reported in the paper's Table 2."""
+
+DOWNLOAD_ONLY = ("mnist", "svhn", "cifar10")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """Images (``N×C×H×W`` float) and labels (``N`` int64) of a train and a test split."""
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+
+
+class DatasetNotFound(FileNotFoundError):
+    """A download-only data set is not in the data directory."""
+
+
+def _expected_files(name: str, root: Path) -> list[Path]:
+    if name == "mnist":
+        raw = root / "MNIST" / "raw"
+        return [raw / "train-images-idx3-ubyte", raw / "t10k-images-idx3-ubyte"]
+    if name == "svhn":
+        return [root / "train_32x32.mat", root / "test_32x32.mat"]
+    return [
+        root / "cifar-10-batches-py" / "data_batch_1",
+        root / "cifar-10-batches-py" / "test_batch",
+    ]
+
+
+def _require_files(name: str, root: Path) -> None:
+    missing = [
+        p
+        for p in _expected_files(name, root)
+        if not p.exists() and not p.with_name(p.name + ".gz").exists()
+    ]
+    if missing:
+        raise DatasetNotFound(
+            f"{name} is not in {root} (missing {', '.join(str(p) for p in missing)}). "
+            f"Pass --download to fetch it with torchvision (needs internet), or put the "
+            f"torchvision-format files there and pass --data-dir {root}. The embedded data set "
+            f"needs nothing: --dataset digits."
+        )
+
+
+def _import_torchvision() -> Any:
+    try:
+        import torchvision
+    except Exception as error:  # a broken install raises more than ImportError
+        raise ImportError(
+            f"--dataset mnist/svhn/cifar10 needs torchvision built for torch {torch.__version__} "
+            f"(pip install torchvision matching your torch); importing it failed: {error}"
+        ) from error
+    return torchvision
+
+
+def _to_tensor(images: Any, labels: Any, channels_last: bool) -> tuple[Tensor, Tensor]:
+    x = torch.as_tensor(images)
+    if x.dim() == 3:
+        x = x[:, None]
+    elif channels_last:
+        x = x.permute(0, 3, 1, 2)
+    return x.float().div(255.0), torch.as_tensor(labels).long()
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path = "data",
+    download: bool = False,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Load a data set as tensors; download-only sets raise :class:`DatasetNotFound` if absent.
+
+    ``digits`` is split 80/20 (stratified by a seeded shuffle); the others use their official
+    splits. Images are standardised with the training set's per-channel mean and deviation.
+    """
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0
+        y = torch.tensor(bunch.target, dtype=torch.long)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+        split = int(0.8 * len(y))
+        train, test = order[:split], order[split:]
+        data = Dataset(name, x[train], y[train], x[test], y[test])
+    elif name in DOWNLOAD_ONLY:
+        root = Path(data_dir).expanduser()
+        if not download:
+            _require_files(name, root)
+        tv = _import_torchvision()
+        if name == "mnist":
+            sets = [tv.datasets.MNIST(root, train=t, download=download) for t in (True, False)]
+            arrays = [(s.data, s.targets, False) for s in sets]
+        elif name == "svhn":
+            sets = [tv.datasets.SVHN(root, split=s, download=download) for s in ("train", "test")]
+            arrays = [(s.data, s.labels, False) for s in sets]
+        else:
+            sets = [tv.datasets.CIFAR10(root, train=t, download=download) for t in (True, False)]
+            arrays = [(s.data, s.targets, True) for s in sets]
+        (train_x, train_y), (test_x, test_y) = (_to_tensor(*a) for a in arrays)
+        data = Dataset(name, train_x, train_y, test_x, test_y)
+    else:
+        raise ValueError(f"unknown data set {name!r}: choose digits, mnist, svhn or cifar10")
+    if max_train is not None:
+        data.train_x, data.train_y = data.train_x[:max_train], data.train_y[:max_train]
+    if max_test is not None:
+        data.test_x, data.test_y = data.test_x[:max_test], data.test_y[:max_test]
+    mean = data.train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = data.train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    data.train_x = (data.train_x - mean) / std
+    data.test_x = (data.test_x - mean) / std
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods and solvers
+# ---------------------------------------------------------------------------------------------
+
+
+def make_estimator(method: str, cg_tol: float = 1e-2, cg_max_iter: int = 50) -> fp.Estimator:
+    """The estimator behind a method name (``jfb``, ``jacobian``, ``neumann-5``, ...)."""
+    if method == "jfb":
+        return fp.JFB()
+    if method == "jacobian":
+        return fp.CG(atol=0.0, rtol=cg_tol, max_iter=cg_max_iter, warn=False)
+    if method == "implicit":
+        return fp.Implicit(
+            fp.Anderson(m=5, atol=0.0, rtol=cg_tol, max_iter=cg_max_iter), warn=False
+        )
+    if method == "exact":
+        return fp.Exact()
+    for prefix, build in (
+        ("neumann-", lambda k: fp.Neumann(k=k)),
+        ("phantom-", lambda k: fp.Phantom(k=k, damping=0.5)),
+    ):
+        if method.startswith(prefix) and method[len(prefix) :].isdigit():
+            return build(int(method[len(prefix) :]))
+    raise ValueError(
+        f"unknown method {method!r}: use jfb, jacobian, neumann-K, phantom-K, implicit or exact"
+    )
+
+
+def make_solver(name: str, tol: float, max_iter: int) -> fp.Solver:
+    """A forward solver by name, with relative tolerance ``tol``."""
+    solvers = {"anderson": fp.Anderson, "picard": fp.Picard, "broyden": fp.Broyden}
+    if name not in solvers:
+        raise ValueError(f"unknown solver {name!r}: use {', '.join(solvers)}")
+    return solvers[name](atol=1e-6, rtol=tol, max_iter=max_iter)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Epoch:
+    epoch: int
+    seconds: float
+    wall: float
+    train_loss: float
+    test_accuracy: float
+    matvecs: int
+    forward_iterations: float
+    skipped: int
+
+
+@dataclass
+class Run:
+    method: str
+    estimator: str
+    parameters: int
+    epochs: list[Epoch] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        e = self.epochs
+        return {
+            "method": self.method,
+            "time_per_epoch_s": sum(x.seconds for x in e) / len(e),
+            "matvecs_per_epoch": sum(x.matvecs for x in e) / len(e),
+            "matvecs_total": sum(x.matvecs for x in e),
+            "test_accuracy": e[-1].test_accuracy,
+            "best_test_accuracy": max(x.test_accuracy for x in e),
+            "forward_iterations_per_batch": sum(x.forward_iterations for x in e) / len(e),
+            "skipped_batches": sum(x.skipped for x in e),
+        }
+
+
+def evaluate(model: FPN, x: Tensor, y: Tensor, device: torch.device, batch: int = 500) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(y), batch):
+            logits = model(x[start : start + batch].to(device))
+            correct += int((logits.argmax(1).cpu() == y[start : start + batch]).sum())
+    return 100.0 * correct / len(y)
+
+
+def train(method: str, data: Dataset, args: argparse.Namespace, progress: bool = True) -> Run:
+    """Train a fresh network (same seed for every method) and record every epoch."""
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    estimator = make_estimator(method, args.cg_tol, args.cg_max_iter)
+    solver = make_solver(args.solver, args.tol, args.max_iter)
+    gamma = {} if args.gamma is None else {"gamma": args.gamma}
+    model = NETWORKS[data.name](solver=solver, estimator=estimator, **gamma).to(device)
+    model.deq.eval_solver = make_solver(args.solver, args.tol, args.max_iter)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    run = Run(method, repr(estimator), parameter_count(model))
+    order_gen = torch.Generator().manual_seed(args.seed)
+    wall = 0.0
+    epochs = tqdm(
+        range(1, args.epochs + 1),
+        desc=f"{method:>11}",
+        disable=not progress,
+        leave=True,
+        dynamic_ncols=True,
+    )
+    for epoch in epochs:
+        model.train()
+        order = torch.randperm(len(data.train_y), generator=order_gen)
+        batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+        skipped, iterations, loss_sum = 0, 0.0, 0.0
+        bar = tqdm(batches, desc="batches", disable=not progress, leave=False, dynamic_ncols=True)
+        start = time.perf_counter()
+        with fp.count_matvecs() as count:
+            for index in bar:
+                d, y = data.train_x[index].to(device), data.train_y[index].to(device)
+                loss = loss_fn(model(d), y)
+                opt.zero_grad()
+                loss.backward()
+                sol = model.deq.last_solution
+                iterations += float(sol.iterations.max())
+                loss_sum += loss.item()
+                converged = sol.backward.converged
+                if converged is not None and not bool(converged.all()):
+                    skipped += 1  # as in the paper: no update from an unconverged CG solve
+                    continue
+                opt.step()
+                model.project_()
+        seconds = time.perf_counter() - start
+        wall += seconds
+        accuracy = evaluate(model, data.test_x, data.test_y, device)
+        run.epochs.append(
+            Epoch(
+                epoch,
+                seconds,
+                wall,
+                loss_sum / len(batches),
+                accuracy,
+                count.total,
+                iterations / len(batches),
+                skipped,
+            )
+        )
+        epochs.set_postfix(acc=f"{accuracy:.2f}%", s=f"{seconds:.1f}")
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+COLUMNS = [
+    ("method", "method", "{}"),
+    ("time_per_epoch_s", "time/epoch (s)", "{:.2f}"),
+    ("matvecs_per_epoch", "J mat-vecs/epoch", "{:.3g}"),
+    ("test_accuracy", "test acc (%)", "{:.2f}"),
+    ("forward_iterations_per_batch", "fwd iters/batch", "{:.1f}"),
+    ("skipped_batches", "skipped", "{}"),
+]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    cells = [[fmt.format(row[key]) for key, _, fmt in COLUMNS] for row in rows]
+    widths = [
+        max(len(title), *(len(c[i]) for c in cells)) for i, (_, title, _) in enumerate(COLUMNS)
+    ]
+    lines = ["  ".join(title.rjust(w) for (_, title, _), w in zip(COLUMNS, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
+    return "\n".join(lines)
+
+
+def speedup_lines(rows: list[dict[str, Any]], dataset: str) -> list[str]:
+    by_method = {r["method"]: r for r in rows}
+    if "jfb" not in by_method:
+        return []
+    jfb = by_method["jfb"]["time_per_epoch_s"]
+    lines = []
+    for method, row in by_method.items():
+        if method != "jfb":
+            lines.append(f"{method} / jfb time per epoch: {row['time_per_epoch_s'] / jfb:.2f}×")
+    paper = ", ".join(f"{k} {v}×" for k, v in PAPER_SPEEDUP.items())
+    lines.append(f"paper (Jacobian-based / JFB, Table 2): {paper}; this run: {dataset}")
+    return lines
+
+
+def plot_figures(runs: list[Run], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_method = {r.method: r for r in runs}
+    figures = {
+        "figure5.png": ("JFB vs Jacobian-based backprop", ["jfb", "jacobian"]),
+        "figure6.png": (
+            "JFB vs Neumann series",
+            [
+                "jfb",
+                *sorted(
+                    (m for m in by_method if m.startswith("neumann-")),
+                    key=lambda m: int(m.split("-")[1]),
+                ),
+            ],
+        ),
+    }
+    written = []
+    for filename, (title, methods) in figures.items():
+        chosen = [by_method[m] for m in methods if m in by_method]
+        if not chosen:
+            continue
+        fig, (ax_epoch, ax_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        for run in chosen:
+            acc = [e.test_accuracy for e in run.epochs]
+            ax_epoch.plot([e.epoch for e in run.epochs], acc, marker="o", label=run.method)
+            ax_time.plot([e.wall for e in run.epochs], acc, marker="o", label=run.method)
+        ax_epoch.set(xlabel="epoch", ylabel="test accuracy (%)", title=title)
+        ax_time.set(xlabel="training time (s)", title="against wall-clock time")
+        for ax in (ax_epoch, ax_time):
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        path = out / filename
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_results(runs: list[Run], args: argparse.Namespace, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r.summary() for r in runs]
+    csv_path = out / "table2.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path = out / "table2.json"
+    payload = {
+        "config": {k: v for k, v in vars(args).items() if k != "func"},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "table": rows,
+        "runs": [{**asdict(r), "summary": r.summary()} for r in runs],
+    }
+    json_path.write_text(json.dumps(payload, indent=2))
+    paths = {"csv": csv_path, "json": json_path}
+    for path in plot_figures(runs, out):
+        paths[path.stem] = path
+    return paths
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", default="digits", choices=sorted(NETWORKS))
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download mnist/svhn/cifar10 with torchvision if missing",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", default=["jfb", "jacobian", "neumann-5", "neumann-10"]
+    )
+    parser.add_argument("--solver", default="anderson", choices=["anderson", "picard", "broyden"])
+    parser.add_argument(
+        "--gamma",
+        type=float,
+        default=None,
+        help="contraction factor of the latent map (default: the network's)",
+    )
+    parser.add_argument("--tol", type=float, default=1e-3, help="forward relative tolerance")
+    parser.add_argument("--max-iter", type=int, default=50, help="forward solver iterations")
+    parser.add_argument(
+        "--cg-tol",
+        type=float,
+        default=1e-2,
+        help="relative tolerance of the Jacobian-based CG (and implicit) solves",
+    )
+    parser.add_argument("--cg-max-iter", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-train", type=int, default=None, help="use the first N examples")
+    parser.add_argument("--max-test", type=int, default=None)
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    args = parser.parse_args(argv)
+    for method in args.methods:
+        try:
+            make_estimator(method)
+        except ValueError as error:
+            parser.error(str(error))
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    data = load_dataset(
+        args.dataset, args.data_dir, args.download, args.max_train, args.max_test, args.seed
+    )
+    print(
+        f"{args.dataset}: {len(data.train_y)} training and {len(data.test_y)} test images, "
+        f"{NETWORKS[args.dataset].__name__} on {args.device}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    runs = [train(m, data, args, progress=not args.no_progress) for m in args.methods]
+    rows = [r.summary() for r in runs]
+    print()
+    print(format_table(rows))
+    for line in speedup_lines(rows, args.dataset):
+        print(line)
+    paths = write_results(runs, args, Path(args.out))
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    return {"rows": rows, "paths": paths, "runs": runs}
+
+
+if __name__ == "__main__":
+    main()

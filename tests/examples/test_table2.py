@@ -1,0 +1,108 @@
+"""The Table 2 script: a seconds-long run, its outputs, and data sets it must not download."""
+
+import csv
+import json
+
+import jfb_table2
+import pytest
+import torch
+from jfb_table2 import DatasetNotFound, load_dataset, make_estimator
+
+import fixpoint as fp
+
+SMALL = ["--epochs", "1", "--max-train", "128", "--max-test", "64", "--no-progress"]
+
+
+def test_smoke_run_writes_the_table_and_counts_matvecs(tmp_path):
+    result = jfb_table2.main(
+        [*SMALL, "--methods", "jfb", "jacobian", "neumann-2", "--out", str(tmp_path)]
+    )
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"jfb", "jacobian", "neumann-2"}
+    assert rows["jfb"]["matvecs_per_epoch"] == 0
+    assert rows["jacobian"]["matvecs_per_epoch"] > 0
+    assert rows["neumann-2"]["matvecs_per_epoch"] == 2 * 128  # k vjps per sample
+    for row in rows.values():
+        assert row["time_per_epoch_s"] > 0 and 0 <= row["test_accuracy"] <= 100
+        assert row["forward_iterations_per_batch"] >= 1
+    with (tmp_path / "table2.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["method"] for r in table] == ["jfb", "jacobian", "neumann-2"]
+    assert {
+        "time_per_epoch_s",
+        "matvecs_per_epoch",
+        "test_accuracy",
+        "forward_iterations_per_batch",
+        "skipped_batches",
+    } <= set(table[0])
+    payload = json.loads((tmp_path / "table2.json").read_text())
+    assert payload["config"]["dataset"] == "digits" and len(payload["runs"]) == 3
+    for figure in ("figure5.png", "figure6.png"):
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_batches_with_unconverged_cg_are_skipped(tmp_path):
+    result = jfb_table2.main(
+        [
+            *SMALL,
+            "--methods",
+            "jacobian",
+            "--cg-max-iter",
+            "1",
+            "--cg-tol",
+            "1e-12",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    run = result["runs"][0]
+    assert run.epochs[0].skipped == 2  # both batches of 64
+
+
+def test_method_names_map_to_estimators():
+    assert make_estimator("jfb") == fp.JFB()
+    assert make_estimator("neumann-7") == fp.Neumann(k=7)
+    assert isinstance(make_estimator("jacobian"), fp.CG)
+    assert make_estimator("phantom-3") == fp.Phantom(k=3, damping=0.5)
+    with pytest.raises(ValueError, match="unknown method"):
+        make_estimator("neuman-5")
+    with pytest.raises(SystemExit):
+        jfb_table2.parse_args(["--methods", "jfb", "bogus"])
+
+
+@pytest.mark.parametrize("name", ["mnist", "svhn", "cifar10"])
+def test_missing_download_only_data_set_fails_clearly(name, tmp_path, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("tests must never download")
+
+    monkeypatch.setattr(jfb_table2, "_import_torchvision", no_download)
+    with pytest.raises(DatasetNotFound) as info:
+        load_dataset(name, data_dir=tmp_path)
+    message = str(info.value)
+    assert "--download" in message and str(tmp_path) in message and "--data-dir" in message
+
+
+def test_present_files_without_torchvision_name_the_fix(tmp_path, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
+        (raw / name).write_bytes(b"")
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "torchvision":
+            raise ImportError("no torchvision here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ImportError, match="pip install torchvision"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_digits_split_is_seeded_and_standardised():
+    a, b = load_dataset("digits", seed=1), load_dataset("digits", seed=1)
+    assert torch.equal(a.test_y, b.test_y)
+    assert len(a.train_y) + len(a.test_y) == 1797 and a.train_x.shape[1:] == (1, 8, 8)
+    assert abs(a.train_x.mean().item()) < 1e-5 and abs(a.train_x.std().item() - 1) < 1e-2
