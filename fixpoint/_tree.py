@@ -13,7 +13,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-__all__ = ["Layout", "flat_map"]
+__all__ = ["FlatMap", "Layout", "flat_map"]
 
 
 @dataclass(frozen=True)
@@ -132,18 +132,38 @@ class Layout:
                 raise ValueError(f"{name}{where} is on {leaf.device} but z is on {self.device}")
 
 
-def flat_map(
-    f: Callable[..., Any], layout: Layout, args: tuple[Any, ...]
-) -> Callable[[Tensor], Tensor]:
-    """``f(z, *args)`` as a map of flat ``(B, n)`` matrices; checks its output on the first call."""
-    checked = False
+class FlatMap:
+    """``f(z, *args)`` as a map of flat ``(B, n)`` matrices; checks its output on the first call.
 
-    def fn(flat: Tensor) -> Tensor:
-        nonlocal checked
-        out = f(layout.unflatten(flat), *args)
-        if not checked:
-            layout.check(out)
-            checked = True
-        return layout.flatten(out)
+    :meth:`rows` evaluates ``f`` on a subset of the batch only: every tensor in ``args`` whose
+    leading dimension is the batch size is sliced with it, other arguments are passed whole.
+    """
 
-    return fn
+    def __init__(self, f: Callable[..., Any], layout: Layout, args: tuple[Any, ...]) -> None:
+        self.f = f
+        self.layout = layout
+        self.args = args
+        self.checked = False
+
+    def __call__(self, flat: Tensor) -> Tensor:
+        out = self.f(self.layout.unflatten(flat), *self.args)
+        if not self.checked:
+            self.layout.check(out)
+            self.checked = True
+        return self.layout.flatten(out)
+
+    def rows(self, flat: Tensor, index: Tensor) -> Tensor:
+        batch = self.layout.batch
+
+        def select(a: Any) -> Any:
+            if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch:
+                return a.index_select(0, index)
+            return a
+
+        args = pytree.tree_map(select, self.args)
+        return self.layout.flatten(self.f(self.layout.unflatten(flat), *args))
+
+
+def flat_map(f: Callable[..., Any], layout: Layout, args: tuple[Any, ...]) -> FlatMap:
+    """``f(z, *args)`` as a :class:`FlatMap`."""
+    return FlatMap(f, layout, args)

@@ -31,6 +31,7 @@ def fixed_point(
     estimator: Estimator = Implicit(),
     batched: bool = False,
     return_solution: bool = False,
+    skip_converged: bool = False,
 ) -> Any:
     r"""The fixed point ``z* = f(z*, *args)``, differentiable with respect to ``args`` and ``f``'s
     parameters.
@@ -64,6 +65,9 @@ def fixed_point(
     batched
         Leading dimension of ``z0`` is a batch of independent problems (see
         :func:`fixpoint.solve`); the estimator then works per sample too.
+    skip_converged
+        With ``batched=True``, evaluate ``f`` only on samples still iterating in the forward
+        solve (see :func:`fixpoint.solve`).
     return_solution
         Also return the forward :class:`~fixpoint.Solution`; its ``backward`` field
         (:class:`~fixpoint.BackwardInfo`) is filled when gradients flow back.
@@ -83,7 +87,7 @@ def fixed_point(
     >>> round(theta.grad.item(), 6)                                  # dz*/dθ = 1 / (1 − θ)²
     4.0
     """
-    check_inputs(f, solver)
+    check_inputs(f, solver, batched, skip_converged)
     if isinstance(estimator, type) and issubclass(estimator, Estimator):
         raise TypeError(
             f"estimator must be an estimator instance: write "
@@ -95,8 +99,11 @@ def fixed_point(
             f"got {type(estimator).__name__}"
         )
     layout = Layout.of(z0, batched)
+    fn = flat_map(f, layout, args)
     with torch.no_grad():
-        flat = solver.iterate(flat_map(f, layout, args), layout.flatten(z0).detach())
+        flat = solver.iterate(
+            fn, layout.flatten(z0).detach(), rows=fn.rows if skip_converged else None
+        )
     info = BackwardInfo(estimator=repr(estimator))
     sol = dataclasses.replace(unflatten_solution(flat, layout), backward=info)
 

@@ -42,6 +42,12 @@ class DEQ(nn.Module):
         ``x ↦ z0``; default ``torch.zeros_like(x)``, for latent states shaped like the injection.
     batched
         Whether the leading dimension of ``x`` and ``z`` is a batch of independent samples.
+    skip_converged
+        Evaluate ``f`` only on samples still iterating (see :func:`fixpoint.solve`); for operators
+        without batch statistics.
+    skip_converged
+        Evaluate ``f`` only on samples still iterating (see :func:`fixpoint.solve`); for operators
+        without batch statistics.
     spectral_radius_iters
         If > 0, after each training-mode forward estimate the spectral radius of
         :math:`\partial f/\partial z` at :math:`z^*` per sample with that many vjps
@@ -82,6 +88,7 @@ class DEQ(nn.Module):
         z_init: Callable[[Any], Any] | None = None,
         batched: bool = True,
         spectral_radius_iters: int = 0,
+        skip_converged: bool = False,
     ) -> None:
         super().__init__()
         if not callable(f):
@@ -106,6 +113,7 @@ class DEQ(nn.Module):
         self.z_init = z_init
         self.batched = batched
         self.spectral_radius_iters = spectral_radius_iters
+        self.skip_converged = skip_converged
         self.last_solution: Solution | None = None
         self.last_spectral_radius: Tensor | None = None
 
@@ -127,6 +135,7 @@ class DEQ(nn.Module):
             estimator=self.estimator,
             batched=self.batched,
             return_solution=True,
+            skip_converged=self.skip_converged,
         )
         self.last_solution = sol
         if self.training and self.spectral_radius_iters > 0:

@@ -16,8 +16,11 @@ from fixpoint.solvers.base import Solver
 __all__ = ["check_inputs", "solve"]
 
 
-def check_inputs(f: Any, solver: Any) -> None:
-    """Raise ``TypeError`` when ``f`` is not callable or ``solver`` is not a solver instance."""
+def check_inputs(f: Any, solver: Any, batched: bool = False, skip_converged: bool = False) -> None:
+    """Raise ``TypeError``/``ValueError`` for a non-callable ``f``, a non-solver ``solver`` or
+    ``skip_converged`` without ``batched``."""
+    if skip_converged and not batched:
+        raise ValueError("skip_converged=True needs batched=True: it skips samples of a batch")
     if not callable(f):
         raise TypeError(f"f must be callable as f(z, *args), got {type(f).__name__}")
     if isinstance(solver, type) and issubclass(solver, Solver):
@@ -38,6 +41,7 @@ def solve(
     *args: Any,
     solver: Solver = Anderson(),
     batched: bool = False,
+    skip_converged: bool = False,
 ) -> Solution:
     r"""Find ``z`` with ``z = f(z, *args)``; no gradient flows through the result.
 
@@ -57,6 +61,12 @@ def solve(
         When ``True`` the leading dimension of every tensor of ``z0`` is a batch of independent
         problems: stopping, residuals, iterations and status are per sample, and a sample that
         has converged is no longer changed.
+    skip_converged
+        With ``batched=True``: evaluate ``f`` only on the samples still iterating. Valid when the
+        samples are independent (no batch statistics in ``f``); tensors in ``args`` whose leading
+        dimension is the batch size are sliced with the samples, other arguments are passed
+        whole. Saves the evaluations that stopped samples would waste in a batch of mixed
+        difficulty; ``fevals`` then counts exactly the evaluations each sample took part in.
 
     Returns
     -------
@@ -70,10 +80,13 @@ def solve(
     >>> round(sol.value.item(), 6), sol.status
     (0.739085, Status.CONVERGED)
     """
-    check_inputs(f, solver)
+    check_inputs(f, solver, batched, skip_converged)
     layout = Layout.of(z0, batched)
+    fn = flat_map(f, layout, args)
     with torch.no_grad():
-        flat = solver.iterate(flat_map(f, layout, args), layout.flatten(z0).detach())
+        flat = solver.iterate(
+            fn, layout.flatten(z0).detach(), rows=fn.rows if skip_converged else None
+        )
     return unflatten_solution(flat, layout)
 
 

@@ -160,3 +160,16 @@ def test_bad_construction():
         fp.nn.DEQ(Operator(), solver="anderson")
     with pytest.raises(TypeError, match="Estimator"):
         fp.nn.DEQ(Operator(), estimator=fp.JFB)
+
+
+def test_skip_converged_gives_the_same_layer():
+    torch.manual_seed(0)
+    op = Operator()
+    x = torch.randn(6, 8) * torch.linspace(0.01, 3, 6)[:, None]
+    a = fp.nn.DEQ(op, estimator=fp.Neumann(k=2))
+    b = fp.nn.DEQ(op, estimator=fp.Neumann(k=2), skip_converged=True)
+    za, zb = a(x), b(x)
+    torch.testing.assert_close(za, zb)
+    assert int(b.last_solution.fevals.sum()) <= int(a.last_solution.fevals.sum())
+    zb.sum().backward()
+    assert all(p.grad is not None for p in op.parameters())

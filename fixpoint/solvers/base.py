@@ -93,19 +93,28 @@ class Solver(ABC):
         counted in ``fevals``.
         """
 
-    def iterate(self, fn: FlatMap, z0: Tensor) -> Solution:
+    def iterate(
+        self, fn: FlatMap, z0: Tensor, *, rows: Callable[[Tensor, Tensor], Tensor] | None = None
+    ) -> Solution:
         """Solve ``z = fn(z)`` for a flat ``(B, n)`` start ``z0``; every row is its own problem.
 
         Returns a :class:`Solution` whose ``value`` is ``(B, n)`` and whose statistics have shape
         ``(B,)``. This is the entry point for code that already works on flat matrices (the
         estimators); users call :func:`fixpoint.solve`.
+
+        If ``rows`` is given, ``rows(z[index], index)`` must equal ``fn(z)[index]``; the loop then
+        evaluates only the rows still iterating and copies the others' last values (their
+        results are discarded anyway), so stopped samples cost nothing.
         """
         calls = 0
+        running: Tensor | None = None  # indices of the rows still iterating, when some stopped
 
         def counted(z: Tensor) -> Tensor:
             nonlocal calls
             calls += 1
-            return fn(z)
+            if running is None or rows is None:
+                return fn(z)
+            return fz.index_copy(0, running, rows(z.index_select(0, running), running))
 
         batch = z0.shape[0]
         device = z0.device
@@ -125,8 +134,11 @@ class Solver(ABC):
 
         for k in range(self.max_iter):
             active = codes == RUNNING
-            if not bool(active.any()):
+            n_active = int(active.sum())
+            if n_active == 0:
                 break
+            if rows is not None and n_active < batch:
+                running = active.nonzero()[:, 0]
             if k == 0:
                 state = self.init(counted, z, fz)
             before = calls
@@ -134,9 +146,9 @@ class Solver(ABC):
             r_new = row_norm(fz_new - z_new)
             fevals += active * (calls - before)
             iterations += active
-            rows = active[:, None]
-            z = torch.where(rows, z_new, z)
-            fz = torch.where(rows, fz_new, fz)
+            mask = active[:, None]
+            z = torch.where(mask, z_new, z)
+            fz = torch.where(mask, fz_new, fz)
             r = torch.where(active, r_new, r)
             finite = torch.isfinite(r_new)
             improved = active & (r_new < best_r)

@@ -107,3 +107,34 @@ def test_batched_fevals_count_the_calls():
     )
     assert int(sol.fevals.max()) == calls
     assert int(sol.fevals[0]) <= int(sol.fevals[1])
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_skip_converged_evaluates_only_running_samples(name):
+    """Same answers as the full-batch solve; f sees only the running rows; fevals are exact."""
+    gammas = torch.tensor([0.1, 0.5, 0.9, 0.99, 0.3], dtype=torch.float64)
+    shift = torch.linspace(-1, 1, 5, dtype=torch.float64)[:, None]
+    seen = []
+
+    def f(z, gamma, shift, scale):
+        seen.append(z.shape[0])
+        assert gamma.shape[0] == shift.shape[0] == z.shape[0]  # batched args are sliced
+        return gamma[:, None] * torch.tanh(z) + shift + scale  # scale is shared, not sliced
+
+    scale = torch.tensor(1.0, dtype=torch.float64)
+    z0 = torch.zeros(5, 3, dtype=torch.float64)
+    solver = make_solver(name, 1e-12)
+    full = fp.solve(f, z0, gammas, shift, scale, solver=solver, batched=True)
+    calls_full = len(seen)
+    seen.clear()
+    skip = fp.solve(f, z0, gammas, shift, scale, solver=solver, batched=True, skip_converged=True)
+    assert skip.status == full.status and all(s == "converged" for s in skip.status)
+    torch.testing.assert_close(skip.value, full.value, atol=1e-14, rtol=0)
+    assert torch.equal(skip.iterations, full.iterations)
+    assert sum(seen) == int(skip.fevals.sum())  # each sample evaluated exactly fevals times
+    assert sum(seen) < 5 * calls_full and min(seen) < 5
+
+
+def test_skip_converged_needs_batched():
+    with pytest.raises(ValueError, match="batched=True"):
+        fp.solve(torch.cos, torch.zeros(3), skip_converged=True)
