@@ -1,99 +1,174 @@
-"""Chandrasekhar H-equation: iterations of each fixpoint solver, and fp.Anderson against SciPy.
+"""Chandrasekhar H-equation: fixpoint's solvers against scipy.optimize, side by side.
 
-Stopping rule for every method: ‖G(x) − x‖₂ ≤ 1e-8·‖G(x0) − x0‖₂ + 1e-8, x0 = 1, history 5.
+Every method stops when ‖G(x) − x‖₂ ≤ 1e-8·‖G(x0) − x0‖₂ + 1e-8 (x0 = 1), except
+``scipy.optimize.fixed_point``, which has only a relative-step test (``xtol = 1e-8``). History 5
+for both Anderson methods (scipy's ``M``, fixpoint's ``m``). The error column is
+``|mean(x) − 2/(1 + √(1 − c))|``; the equation has a second, non-physical solution with mean
+``2/(1 − √(1 − c))``, and a method that lands there is flagged ``(2nd root)``.
 
-    python benchmarks/h_equation.py [--n 512 2048] [--c 0.5 0.9 0.99] [--repeat 5]
+    python -m benchmarks.h_equation [--n 512 2048] [--c 0.5 0.9 0.99 0.9999] [--repeat 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.optimize
 import torch
 
 import fixpoint as fp
+from benchmarks.common import Ratio, interleaved_times
+
+C_VALUES = (0.5, 0.9, 0.99, 0.9999)
 
 
-def tolerance(problem: fp.testing.Problem) -> float:
+@dataclass
+class Result:
+    method: str
+    x: np.ndarray
+    iterations: int
+    fevals: int
+    converged: bool
+    seconds: float = math.nan
+
+
+def _stopping_tolerance(problem: fp.testing.Problem) -> float:
     r0 = torch.linalg.vector_norm(problem.f(problem.z0) - problem.z0).item()
     return 1e-8 * r0 + 1e-8
 
 
-def run_fixpoint(problem, solver):
+def _numpy_map(problem: fp.testing.Problem) -> tuple[Callable[[np.ndarray], np.ndarray], list]:
+    calls = [0]
+
+    def g(x: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        return problem.f(torch.from_numpy(x)).numpy()
+
+    return g, calls
+
+
+def run_fixpoint(problem, solver, name: str) -> Result:
     sol = fp.solve(problem.f, problem.z0, solver=solver)
-    return sol.value.numpy(), int(sol.iterations), int(sol.fevals), sol.status == "converged"
-
-
-def run_scipy_anderson(problem, atol):
-    calls = 0
-
-    def residual(x):
-        nonlocal calls
-        calls += 1
-        return problem.f(torch.from_numpy(x)).numpy() - x
-
-    res = scipy.optimize.root(
-        residual,
-        problem.z0.numpy().copy(),
-        method="anderson",
-        options=dict(fatol=atol, tol_norm=np.linalg.norm, maxiter=1000, jac_options=dict(M=5)),
+    return Result(
+        name, sol.value.numpy(), int(sol.iterations), int(sol.fevals), sol.status == "converged"
     )
-    return res.x, int(res.nit), calls, bool(res.success)
 
 
-def timed(fn, repeat):
-    times, out = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+def run_scipy_root(problem, method: str, atol: float) -> Result:
+    g, calls = _numpy_map(problem)
+    jac_options = {"M": 5} if method == "anderson" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = scipy.optimize.root(
+            lambda x: g(x) - x,
+            problem.z0.numpy().copy(),
+            method=method,
+            options=dict(
+                fatol=atol, tol_norm=np.linalg.norm, maxiter=1000, jac_options=jac_options
+            ),
+        )
+    return Result(f"scipy {method}", res.x, int(res.nit), calls[0], bool(res.success))
+
+
+def run_scipy_fixed_point(problem) -> Result:
+    g, calls = _numpy_map(problem)
+    try:
+        x = scipy.optimize.fixed_point(g, problem.z0.numpy().copy(), xtol=1e-8, maxiter=1000)
+        ok = True
+    except RuntimeError:
+        x, ok = np.full(problem.z0.shape, np.nan), False
+    return Result("scipy fixed_point", x, calls[0] // 2, calls[0], ok)
+
+
+def methods(problem, atol: float) -> dict[str, Callable[[], Result]]:
+    tol = dict(atol=atol, rtol=0.0, max_iter=1000)
+    return {
+        "fp.Anderson(m=5)": lambda: run_fixpoint(
+            problem, fp.Anderson(m=5, **tol), "fp.Anderson(m=5)"
+        ),
+        "fp.Broyden": lambda: run_fixpoint(problem, fp.Broyden(**tol), "fp.Broyden"),
+        "fp.Picard": lambda: run_fixpoint(
+            problem, fp.Picard(**{**tol, "max_iter": 20000}), "fp.Picard"
+        ),
+        "scipy anderson(M=5)": lambda: run_scipy_root(problem, "anderson", atol),
+        "scipy broyden1": lambda: run_scipy_root(problem, "broyden1", atol),
+        "scipy newton_krylov": lambda: run_scipy_root(problem, "krylov", atol),
+        "scipy fixed_point": lambda: run_scipy_fixed_point(problem),
+    }
+
+
+def describe_error(x: np.ndarray, c: float) -> str:
+    exact = fp.testing.h_equation_mean(c)
+    other = 2.0 / (1.0 - math.sqrt(1.0 - c))
+    mean = float(np.mean(x))
+    if abs(mean - other) < abs(mean - exact):
+        return f"{abs(mean - exact):.1e} (2nd root)"
+    return f"{abs(mean - exact):.1e}"
+
+
+def run(
+    quick: bool = False, sizes=(512, 2048), cs=C_VALUES, repeat: int | None = None
+) -> tuple[list[Ratio], str]:
+    repeat = repeat or (3 if quick else 7)
+    lines = [f"{'N':>5} {'c':>7} {'method':>20} {'iters':>6} {'fevals':>7} {'ms':>9} {'error':>18}"]
+    ratios: list[Ratio] = []
+    for n in sizes:
+        for c in cs:
+            problem = fp.testing.h_equation(c, n=n)
+            runs = methods(problem, _stopping_tolerance(problem))
+            names = list(runs)
+            results = {name: runs[name]() for name in names}
+            times = interleaved_times([runs[name] for name in names], repeat=repeat, warmup=0)
+            for name, seconds in zip(names, times, strict=True):
+                results[name].seconds = seconds
+                r = results[name]
+                flag = "" if r.converged else " (not converged)"
+                lines.append(
+                    f"{n:>5} {c:>7} {name:>20} {r.iterations:>6} {r.fevals:>7} "
+                    f"{1e3 * seconds:>9.2f} {describe_error(r.x, c):>18}{flag}"
+                )
+            ours, peer = results["fp.Anderson(m=5)"], results["scipy anderson(M=5)"]
+            ratios.append(
+                Ratio(
+                    "H-equation",
+                    f"iters fp.Anderson / scipy anderson N={n} c={c}",
+                    ours.iterations / peer.iterations,
+                    1.0,
+                    detail=f"{ours.iterations} vs {peer.iterations}",
+                )
+            )
+            if n == max(sizes):
+                ratios.append(
+                    Ratio(
+                        "H-equation",
+                        f"time scipy anderson / fp.Anderson N={n} c={c}",
+                        peer.seconds / ours.seconds,
+                        10.0,
+                        better="higher",
+                        detail=f"{1e3 * peer.seconds:.1f} vs {1e3 * ours.seconds:.1f} ms; "
+                        f"f evals {peer.fevals} vs {ours.fevals}",
+                    )
+                )
+    return ratios, "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, nargs="+", default=[512, 2048])
-    parser.add_argument("--c", type=float, nargs="+", default=[0.5, 0.9, 0.99])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--c", type=float, nargs="+", default=list(C_VALUES))
+    parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    ratios, table = run(sizes=args.n, cs=args.c, repeat=args.repeat)
+    print(table)
+    from benchmarks.common import format_ratios
 
-    header = (
-        f"{'N':>5} {'c':>6} {'method':>20} {'iters':>6} {'fevals':>7} {'error':>9} "
-        f"{'ms':>9} {'scipy/ours':>10}"
-    )
-    print(header)
-    print("-" * len(header))
-    for n in args.n:
-        for c in args.c:
-            problem = fp.testing.h_equation(c, n=n)
-            atol = tolerance(problem)
-            exact = fp.testing.h_equation_mean(c)
-            runs = {
-                "fp.Picard": lambda p=problem, a=atol: run_fixpoint(
-                    p, fp.Picard(atol=a, rtol=0, max_iter=5000)
-                ),
-                "fp.Anderson(m=5)": lambda p=problem, a=atol: run_fixpoint(
-                    p, fp.Anderson(m=5, atol=a, rtol=0, max_iter=1000)
-                ),
-                "fp.Broyden": lambda p=problem, a=atol: run_fixpoint(
-                    p, fp.Broyden(atol=a, rtol=0, max_iter=1000)
-                ),
-                "scipy anderson(M=5)": lambda p=problem, a=atol: run_scipy_anderson(p, a),
-            }
-            results = {name: timed(fn, args.repeat) for name, fn in runs.items()}
-            ours = results["fp.Anderson(m=5)"][0]
-            for name, (seconds, (x, iters, fevals, ok)) in results.items():
-                ratio = f"{seconds / ours:10.1f}" if name.startswith("scipy") else ""
-                flag = "" if ok else " (not converged)"
-                print(
-                    f"{n:>5} {c:>6} {name:>20} {iters:>6} {fevals:>7} "
-                    f"{abs(x.mean() - exact):>9.1e} {1e3 * seconds:>9.2f} {ratio}{flag}"
-                )
+    print()
+    print(format_ratios(ratios))
 
 
 if __name__ == "__main__":

@@ -146,11 +146,21 @@ class FlatMap:
         self.checked = False
 
     def __call__(self, flat: Tensor) -> Tensor:
-        out = self.f(self.layout.unflatten(flat), *self.args)
+        out = self._autocast_output(self.f(self.layout.unflatten(flat), *self.args))
         if not self.checked:
             self.layout.check(out)
             self.checked = True
         return self.layout.flatten(out)
+
+    def _autocast_output(self, out: Any) -> Any:
+        """Under autocast, ``f`` may return lower precision: bring it to the state's dtype."""
+        kind = self.layout.device.type
+        if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+            dtype = self.layout.dtype
+            return pytree.tree_map(
+                lambda t: t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t, out
+            )
+        return out
 
     def rows(self, flat: Tensor, index: Tensor) -> Tensor:
         batch = self.layout.batch
@@ -161,7 +171,8 @@ class FlatMap:
             return a
 
         args = pytree.tree_map(select, self.args)
-        return self.layout.flatten(self.f(self.layout.unflatten(flat), *args))
+        out = self._autocast_output(self.f(self.layout.unflatten(flat), *args))
+        return self.layout.flatten(out)
 
 
 def flat_map(f: Callable[..., Any], layout: Layout, args: tuple[Any, ...]) -> FlatMap:

@@ -10,6 +10,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
+from fixpoint._transforms import active_transforms, refuse_vmap
 from fixpoint._tree import Layout, flat_map
 from fixpoint.estimators.base import Estimate, Estimator
 from fixpoint.estimators.implicit import Implicit
@@ -18,7 +19,7 @@ from fixpoint.matvecs import count_matvecs
 from fixpoint.solution import BackwardInfo
 from fixpoint.solve import check_inputs, unflatten_solution
 from fixpoint.solvers.anderson import Anderson
-from fixpoint.solvers.base import Solver
+from fixpoint.solvers.base import Precision, Solver
 
 __all__ = ["fixed_point"]
 
@@ -98,6 +99,7 @@ def fixed_point(
             f"estimator must be an instance of fixpoint.Estimator (e.g. fp.JFB()), "
             f"got {type(estimator).__name__}"
         )
+    refuse_vmap("fp.fixed_point")
     layout = Layout.of(z0, batched)
     fn = flat_map(f, layout, args)
     with torch.no_grad():
@@ -108,18 +110,29 @@ def fixed_point(
     sol = dataclasses.replace(unflatten_solution(flat, layout), backward=info)
 
     z = sol.value
-    if torch.is_grad_enabled() and _may_need_grad(f, args):
-        z_star = flat.value
-        z_in = z_star.detach().requires_grad_(estimator.uses_vjp)
-        fz = layout.flatten(f(layout.unflatten(z_in), *args))
+    if not torch.is_grad_enabled() or not _may_need_grad(f, args):
+        return (z, sol) if return_solution else z
+    z_star = flat.value.detach()
+    precision = Precision.capture(layout.device)
+    constant_map = flat_map(f, layout, pytree.tree_map(_detach, args))
+    batched_pullback = layout.batch is not None
+    if active_transforms():
+        # Under torch.func.grad/vjp the products come from torch.func, not from a graph.
+        fz = fn(z_star)
+        linearization = Linearization(constant_map, z_star, precision=precision, functional=True)
+        pullback = _Pullback(estimator, linearization, info, batched_pullback, precision)
+        z = layout.unflatten(_ImplicitGradient.apply(fz, z_star, pullback))
+    else:
+        z_in = z_star.clone().requires_grad_(estimator.uses_vjp)
+        fz = fn(z_in)
         if _reaches_leaf_other_than(fz, z_in):
-            constants = pytree.tree_map(_detach, args)
             linearization = Linearization(
-                lambda v: layout.flatten(f(layout.unflatten(v), *constants)),
+                constant_map,
                 z_star,
                 graph=(fz, z_in) if estimator.uses_vjp else None,
+                precision=precision,
             )
-            pullback = _Pullback(estimator, linearization, info, batched=layout.batch is not None)
+            pullback = _Pullback(estimator, linearization, info, batched_pullback, precision)
             z = layout.unflatten(_ImplicitGradient.apply(fz, z_star, pullback))
     return (z, sol) if return_solution else z
 
@@ -161,21 +174,29 @@ class _Pullback:
     """Maps the incoming gradient ``g`` to ``w`` with the estimator, and records what it did."""
 
     def __init__(
-        self, estimator: Estimator, linearization: Linearization, info: BackwardInfo, batched: bool
+        self,
+        estimator: Estimator,
+        linearization: Linearization,
+        info: BackwardInfo,
+        batched: bool,
+        precision: Precision,
     ) -> None:
         self.estimator = estimator
         self.linearization = linearization
         self.info = info
         self.batched = batched
+        self.precision = precision
 
     def __call__(self, g: Tensor) -> Tensor:
-        if torch.is_grad_enabled() and self.estimator.uses_vjp:
+        lin = self.linearization
+        if not lin.functional and torch.is_grad_enabled() and self.estimator.uses_vjp:
             raise RuntimeError(
                 f"fp.fixed_point with {self.estimator!r} does not support higher-order gradients "
                 "(backward with create_graph=True); only fp.JFB() does"
             )
-        lin = self.linearization
-        with count_matvecs() as count:
+        if lin.functional:
+            g = g.detach()  # first-order gradients only, also under torch.func transforms
+        with count_matvecs() as count, self.precision.solver():
             result = self.estimator(g, lin.vjp, lin.jvp)
         estimate = result if isinstance(result, Estimate) else Estimate(result)
         w = estimate.w
@@ -199,12 +220,18 @@ class _Pullback:
 
 
 class _ImplicitGradient(torch.autograd.Function):
-    """Forward: the fixed point's value. Backward: the estimator's ``w`` flows into ``f(z*)``."""
+    """Forward: the fixed point's value. Backward: the estimator's ``w`` flows into ``f(z*)``.
+
+    Written in the ``setup_context`` style so that ``torch.func.grad``/``vjp`` can trace it.
+    """
 
     @staticmethod
-    def forward(ctx: Any, fz: Tensor, z_star: Tensor, pullback: _Pullback) -> Tensor:
-        ctx.pullback = pullback
+    def forward(fz: Tensor, z_star: Tensor, pullback: _Pullback) -> Tensor:
         return z_star.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.pullback = inputs[2]
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:

@@ -35,7 +35,7 @@ class KrylovResult:
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).sum(1)
+    return torch.linalg.vecdot(a, b, dim=1)
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -49,21 +49,21 @@ def cg(matvec: MatVec, b: Tensor, *, atol: float, rtol: float, max_iter: int) ->
     """
     x = torch.zeros_like(b)
     r = b.clone()
-    p = r.clone()
+    p = b.clone()
     rr = _dot(r, r)
     tol = atol + rtol * row_norm(b)
-    active = row_norm(r) > tol
+    active = rr.sqrt() > tol
     iterations = 0
     while iterations < max_iter and bool(active.any()):
         ap = matvec(p)
         iterations += 1
+        # Stopped rows get α = 0, so x and r keep their values; their p is never used again.
         alpha = torch.where(active, _safe_div(rr, _dot(p, ap)), 0.0)[:, None]
-        x = x + alpha * p
-        r = r - alpha * ap
+        x.addcmul_(alpha, p)
+        r.addcmul_(alpha, ap, value=-1)
         rr_new = _dot(r, r)
         active = active & (rr_new.sqrt() > tol)
-        beta = _safe_div(rr_new, rr)[:, None]
-        p = torch.where(active[:, None], r + beta * p, p)
+        p.mul_(_safe_div(rr_new, rr)[:, None]).add_(r)
         rr = rr_new
     residual = row_norm(r)
     return KrylovResult(x, residual, residual <= tol, iterations)
@@ -84,23 +84,22 @@ def cgls(
     r = b.clone()
     tol = atol + rtol * row_norm(b)
     active = row_norm(r) > tol
-    s = p = ss = None
+    p = ss = None
     iterations = 0
     while iterations < max_iter and bool(active.any()):
-        if s is None:
-            s = rmatvec(r)
-            p = s
-            ss = _dot(s, s)
+        s = rmatvec(r)
+        ss_new = _dot(s, s)
+        if p is None:
+            p = s.clone()
         else:
-            s_new = rmatvec(r)
-            ss_new = _dot(s_new, s_new)
-            p = torch.where(active[:, None], s_new + _safe_div(ss_new, ss)[:, None] * p, p)
-            ss = ss_new
+            p.mul_(_safe_div(ss_new, ss)[:, None]).add_(s)
+        ss = ss_new
         q = matvec(p)
         iterations += 1
+        # Stopped rows get α = 0, so x and r keep their values; their p is never used again.
         alpha = torch.where(active, _safe_div(ss, _dot(q, q)), 0.0)[:, None]
-        x = x + alpha * p
-        r = r - alpha * q
+        x.addcmul_(alpha, p)
+        r.addcmul_(alpha, q, value=-1)
         active = active & (row_norm(r) > tol) & (ss > 0)
     residual = row_norm(r)
     return KrylovResult(x, residual, residual <= tol, iterations)

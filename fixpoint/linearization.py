@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.func import jvp as func_jvp
+from torch.func import vjp as func_vjp
 
 from fixpoint.matvecs import record
+
+if TYPE_CHECKING:
+    from fixpoint.solvers.base import Precision
 
 __all__ = ["Linearization"]
 
@@ -32,6 +37,11 @@ class Linearization:
     graph
         Optionally ``(fz, z_in)``: an autograd graph of ``fz = fn(z_in)`` built in the forward
         pass. Without it, the first product builds one (one evaluation of ``fn``).
+    precision
+        The autocast state ``fn`` was evaluated under in the forward pass; re-evaluations use it.
+    functional
+        Take every product from ``torch.func`` (``vjp``/``jvp``) instead of autograd graphs, as
+        needed under ``torch.func`` transforms.
 
     Vector–Jacobian products are backward passes through that graph. Jacobian–vector products
     use forward-mode AD (``torch.func.jvp``) where ``f`` supports it, else double backward
@@ -39,14 +49,30 @@ class Linearization:
     """
 
     def __init__(
-        self, fn: Callable[[Tensor], Tensor], z: Tensor, graph: tuple[Tensor, Tensor] | None = None
+        self,
+        fn: Callable[[Tensor], Tensor],
+        z: Tensor,
+        graph: tuple[Tensor, Tensor] | None = None,
+        *,
+        precision: Precision | None = None,
+        functional: bool = False,
     ) -> None:
-        self.fn = fn
+        self._fn = fn
         self.z = z
         self.graph = graph
+        self.precision = precision
+        self.functional = functional
+        self._pullback: Callable[[Tensor], tuple[Tensor, ...]] | None = None
         self._transpose: tuple[Tensor, Tensor] | None = None
         self._jvp_mode: str | None = None
         self._forward_error: BaseException | None = None
+
+    def fn(self, v: Tensor) -> Tensor:
+        """``f`` at ``v`` under the forward pass's autocast state."""
+        if self.precision is None:
+            return self._fn(v)
+        with self.precision.caller():
+            return self._fn(v)
 
     def _ensure_graph(self) -> tuple[Tensor, Tensor]:
         if self.graph is None:
@@ -57,6 +83,10 @@ class Linearization:
 
     def vjp(self, v: Tensor) -> Tensor:
         record("vjp", v.shape[0])
+        if self.functional:
+            if self._pullback is None:
+                _, self._pullback = func_vjp(self.fn, self.z)
+            return self._pullback(v)[0]
         fz, z_in = self._ensure_graph()
         return _grad(fz, z_in, v)
 
@@ -66,7 +96,7 @@ class Linearization:
             try:
                 out = func_jvp(self.fn, (self.z,), (v,))[1]
             except (RuntimeError, NotImplementedError) as error:
-                if self._jvp_mode == "forward":
+                if self._jvp_mode == "forward" or self.functional:
                     raise
                 self._forward_error = error
             else:

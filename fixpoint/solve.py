@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from fixpoint._transforms import refuse_vmap
 from fixpoint._tree import Layout, flat_map
 from fixpoint.solution import Solution
 from fixpoint.solvers.anderson import Anderson
@@ -62,11 +63,12 @@ def solve(
         problems: stopping, residuals, iterations and status are per sample, and a sample that
         has converged is no longer changed.
     skip_converged
-        With ``batched=True``: evaluate ``f`` only on the samples still iterating. Valid when the
-        samples are independent (no batch statistics in ``f``); tensors in ``args`` whose leading
-        dimension is the batch size are sliced with the samples, other arguments are passed
-        whole. Saves the evaluations that stopped samples would waste in a batch of mixed
-        difficulty; ``fevals`` then counts exactly the evaluations each sample took part in.
+        With ``batched=True``: once a quarter of the samples still in the solve have stopped,
+        drop them from the iterate, the solver's state and the evaluations of ``f``, so a batch
+        of mixed difficulty stops paying for its easy samples. Valid when the samples are
+        independent (no batch statistics in ``f``); tensors in ``args`` whose leading dimension
+        is the batch size are sliced with the samples, other arguments are passed whole. Results
+        and statistics are those of the full-batch solve.
 
     Returns
     -------
@@ -81,6 +83,7 @@ def solve(
     (0.739085, Status.CONVERGED)
     """
     check_inputs(f, solver, batched, skip_converged)
+    refuse_vmap("fp.solve")
     layout = Layout.of(z0, batched)
     fn = flat_map(f, layout, args)
     with torch.no_grad():

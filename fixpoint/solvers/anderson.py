@@ -36,12 +36,15 @@ def mixing_coefficients(gram: Tensor, rhs: Tensor, lam: float) -> Tensor:
 
 @dataclass
 class AndersonState:
-    """History of differences ``ΔZ``, ``ΔG`` (circular, ``(B, m, n)``) and their Gram matrix."""
+    """History of differences ``ΔF``, ``ΔG`` (circular, ``(B, m, n)``) and the Gram matrix of ΔG.
 
-    dz: Tensor
+    ``ΔZ = ΔF − ΔG`` is not stored: with ``beta = 1`` the update needs ΔF alone.
+    """
+
+    df: Tensor
     dg: Tensor
     gram: Tensor
-    z_prev: Tensor
+    f_prev: Tensor
     g_prev: Tensor
     count: int = 0
 
@@ -96,33 +99,38 @@ class Anderson(Solver):
 
     def init(self, fn: FlatMap, z: Tensor, fz: Tensor) -> AndersonState:
         batch, n = z.shape
-        work = torch.promote_types(z.dtype, torch.float32)
+        work = torch.promote_types(z.dtype, torch.float32)  # history and algebra in ≥ float32
         return AndersonState(
-            dz=z.new_zeros(batch, self.m, n),
-            dg=z.new_zeros(batch, self.m, n),
+            df=z.new_zeros(batch, self.m, n, dtype=work),
+            dg=z.new_zeros(batch, self.m, n, dtype=work),
             gram=z.new_zeros(batch, self.m, self.m, dtype=work),
-            z_prev=z,
-            g_prev=fz - z,
+            f_prev=fz.to(work),
+            g_prev=(fz - z).to(work),
         )
 
     def step(
-        self, fn: FlatMap, z: Tensor, fz: Tensor, state: AndersonState
+        self, fn: FlatMap, z: Tensor, fz: Tensor, g: Tensor, state: AndersonState
     ) -> tuple[Tensor, Tensor, AndersonState]:
-        g = fz - z
-        z_next = z + self.beta * g if self.beta != 1 else fz
+        dtype, work = z.dtype, state.gram.dtype
+        z, fz, g = z.to(work), fz.to(work), g.to(work)
+        z_next = fz if self.beta == 1 else z + self.beta * g
         if state.count > 0 and self.m > 0:
             j = (state.count - 1) % self.m
             filled = min(state.count, self.m)
-            state.dz[:, j] = z - state.z_prev
-            state.dg[:, j] = g - state.g_prev
-            dg, dz = state.dg[:, :filled], state.dz[:, :filled]
-            row = torch.bmm(dg, state.dg[:, j, :, None])[..., 0].to(state.gram.dtype)
-            state.gram[:, j, :filled] = row
-            state.gram[:, :filled, j] = row
-            rhs = torch.bmm(dg, g[..., None])[..., 0].to(state.gram.dtype)
-            gamma = mixing_coefficients(state.gram[:, :filled, :filled], rhs, self.lam)
-            gamma = gamma.to(z.dtype)[:, None, :]
-            z_next = z_next - torch.bmm(gamma, dz)[:, 0] - self.beta * torch.bmm(gamma, dg)[:, 0]
-        state.z_prev, state.g_prev = z, g
+            torch.sub(g, state.g_prev, out=state.dg[:, j])
+            torch.sub(fz, state.f_prev, out=state.df[:, j])
+            dg, df = state.dg[:, :filled], state.df[:, :filled]
+            # One pass over the history gives the new Gram row and the right-hand side ΔGᵀg.
+            both = torch.bmm(torch.stack([state.dg[:, j], g], dim=1), dg.mT)
+            state.gram[:, j, :filled] = both[:, 0]
+            state.gram[:, :filled, j] = both[:, 0]
+            gamma = mixing_coefficients(state.gram[:, :filled, :filled], both[:, 1], self.lam)
+            gamma = gamma[:, None, :]
+            # z + βg − (ΔZ + βΔG)γ with ΔZ = ΔF − ΔG.
+            z_next = torch.baddbmm(z_next[:, None], gamma, df, alpha=-1)[:, 0]
+            if self.beta != 1:
+                z_next = torch.baddbmm(z_next[:, None], gamma, dg, alpha=1 - self.beta)[:, 0]
+        state.f_prev, state.g_prev = fz, g
         state.count += 1
+        z_next = z_next.to(dtype)
         return z_next, fn(z_next), state

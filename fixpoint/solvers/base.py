@@ -6,6 +6,8 @@ best-iterate tracking, non-finite and divergence checks, traces and statistics.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
 
 from fixpoint.solution import (
@@ -86,11 +89,15 @@ class Solver(ABC):
         """Return the solver's state before its first step, given ``z0`` and ``f(z0)``."""
 
     @abstractmethod
-    def step(self, fn: FlatMap, z: Tensor, fz: Tensor, state: Any) -> tuple[Tensor, Tensor, Any]:
-        """Take one step from ``z`` (with ``fz = f(z)``): return ``(z_next, f(z_next), state)``.
+    def step(
+        self, fn: FlatMap, z: Tensor, fz: Tensor, g: Tensor, state: Any
+    ) -> tuple[Tensor, Tensor, Any]:
+        """Take one step from ``z``: return ``(z_next, f(z_next), state)``.
 
+        ``fz = f(z)`` and ``g = fz − z`` (the residual the loop computed for its stopping test).
         ``fn`` may be called as often as the step needs (a line search, say); every call is
-        counted in ``fevals``.
+        counted in ``fevals``. Rows the loop has stopped are passed along but their results are
+        discarded, so a step never needs to know which rows are still running.
         """
 
     def iterate(
@@ -102,65 +109,114 @@ class Solver(ABC):
         ``(B,)``. This is the entry point for code that already works on flat matrices (the
         estimators); users call :func:`fixpoint.solve`.
 
-        If ``rows`` is given, ``rows(z[index], index)`` must equal ``fn(z)[index]``; the loop then
-        evaluates only the rows still iterating and copies the others' last values (their
-        results are discarded anyway), so stopped samples cost nothing.
+        If ``rows`` is given, ``rows(z, index)`` must equal ``fn(z_full)[index]`` for the rows
+        ``index`` of the batch (``z = z_full[index]``). The loop then works on the rows still
+        iterating only: once a quarter of its working rows have stopped, it drops them from
+        the iterate, the solver state (:meth:`compact`) and the evaluations of ``f``.
         """
-        calls = 0
-        running: Tensor | None = None  # indices of the rows still iterating, when some stopped
+        precision = Precision.capture(z0.device)
+        with precision.solver():
+            return self._iterate(fn, z0, rows, precision)
 
-        def counted(z: Tensor) -> Tensor:
+    def _iterate(
+        self,
+        fn: FlatMap,
+        z0: Tensor,
+        rows: Callable[[Tensor, Tensor], Tensor] | None,
+        precision: Precision,
+    ) -> Solution:
+        calls = 0
+        index: Tensor | None = None  # batch rows of the working set; None: all, in order
+
+        def counted(v: Tensor) -> Tensor:
             nonlocal calls
             calls += 1
-            if running is None or rows is None:
-                return fn(z)
-            return fz.index_copy(0, running, rows(z.index_select(0, running), running))
+            with precision.caller():
+                out = fn(v) if index is None or rows is None else rows(v, index)
+            return out.to(v.dtype)
 
         batch = z0.shape[0]
         device = z0.device
         z = z0
         fz = counted(z)
-        r = row_norm(fz - z)
+        g = fz - z
+        r = row_norm(g)
         finite = torch.isfinite(r)
         best_z, best_r = z, torch.where(finite, r, math.inf)
-        tol = self.atol + self.rtol * row_norm(z)
         codes = torch.full((batch,), RUNNING, dtype=torch.int8, device=device)
         codes = torch.where(finite, codes, NONFINITE)
-        codes = torch.where(finite & (r <= tol), CONVERGED, codes)
+        codes = torch.where(finite & (r <= self._tolerance(z)), CONVERGED, codes)
         iterations = torch.zeros(batch, dtype=torch.int64, device=device)
         fevals = torch.ones(batch, dtype=torch.int64, device=device)
         trace = [r]
         state: Any = None
+        # The newest iterate and the rows where it beats best_z; merged at the next host sync,
+        # which also tells whether every row improved (then no copy is needed).
+        pending: tuple[Tensor, Tensor] | None = None
+        # Rows dropped from the working set, written back when the loop ends.
+        done = Finished(batch, z0, r) if rows is not None else None
 
         for k in range(self.max_iter):
             active = codes == RUNNING
-            n_active = int(active.sum())
+            if pending is None:
+                n_active = int(active.sum())
+            else:
+                n_active, all_improved = torch.stack([active.sum(), pending[1].all()]).tolist()
+                best_z = _merge(pending, best_z, bool(all_improved))
+                pending = None
             if n_active == 0:
                 break
-            if rows is not None and n_active < batch:
-                running = active.nonzero()[:, 0]
+            work = active.shape[0]
+            if done is not None and n_active <= 0.75 * work:
+                keep = active.nonzero()[:, 0]
+                done.store(index, best_z, best_r, codes, iterations, fevals, r)
+                index = keep if index is None else index.index_select(0, keep)
+                z, fz, g, r, best_z, best_r, codes, iterations, fevals, active = (
+                    t.index_select(0, keep)
+                    for t in (z, fz, g, r, best_z, best_r, codes, iterations, fevals, active)
+                )
+                if state is not None:
+                    state = self.compact(state, keep, work)
+                work = n_active
             if k == 0:
                 state = self.init(counted, z, fz)
             before = calls
-            z_new, fz_new, state = self.step(counted, z, fz, state)
-            r_new = row_norm(fz_new - z_new)
+            z_new, fz_new, state = self.step(counted, z, fz, g, state)
+            g_new = fz_new - z_new
+            r_new = row_norm(g_new)
             fevals += active * (calls - before)
             iterations += active
-            mask = active[:, None]
-            z = torch.where(mask, z_new, z)
-            fz = torch.where(mask, fz_new, fz)
-            r = torch.where(active, r_new, r)
+            if n_active == work:
+                z, fz, g, r = z_new, fz_new, g_new, r_new
+            else:
+                mask = active[:, None]
+                z = torch.where(mask, z_new, z)
+                fz = torch.where(mask, fz_new, fz)
+                g = torch.where(mask, g_new, g)
+                r = torch.where(active, r_new, r)
             finite = torch.isfinite(r_new)
             improved = active & (r_new < best_r)
-            best_z = torch.where(improved[:, None], z_new, best_z)
+            pending = (z_new, improved)
             best_r = torch.where(improved, r_new, best_r)
-            tol = self.atol + self.rtol * row_norm(z_new)
             codes = torch.where(active & ~finite, NONFINITE, codes)
-            codes = torch.where(active & finite & (r_new <= tol), CONVERGED, codes)
+            codes = torch.where(
+                active & finite & (r_new <= self._tolerance(z_new)), CONVERGED, codes
+            )
             codes = torch.where(
                 active & finite & (r_new > self.divergence * best_r), DIVERGED, codes
             )
-            trace.append(r)
+            trace.append(r if done is None else done.full_residual(index, r))
+        if pending is not None:
+            best_z = _merge(pending, best_z, bool(pending[1].all()))
+        if done is not None:
+            done.store(index, best_z, best_r, codes, iterations, fevals, r)
+            best_z, best_r, codes, iterations, fevals = (
+                done.best_z,
+                done.best_r,
+                done.codes,
+                done.iterations,
+                done.fevals,
+            )
 
         codes = torch.where(codes == RUNNING, MAX_ITER, codes)
         return Solution(
@@ -172,3 +228,108 @@ class Solver(ABC):
             trace=torch.stack(trace),
             status=status_from_codes(codes, batched=True),
         )
+
+    def compact(self, state: Any, index: Tensor, batch: int) -> Any:
+        """The solver state restricted to the rows ``index`` of a working set of ``batch`` rows.
+
+        The default selects the rows of every tensor in ``state`` (a dataclass, tuple, list or
+        dict) whose leading dimension is ``batch`` and keeps everything else; override it for
+        state that is laid out otherwise.
+        """
+
+        def select(x: Any) -> Any:
+            if isinstance(x, Tensor) and x.dim() > 0 and x.shape[0] == batch:
+                return x.index_select(0, index)
+            return x
+
+        if dataclasses.is_dataclass(state) and not isinstance(state, type):
+            return dataclasses.replace(
+                state, **{f.name: select(getattr(state, f.name)) for f in dataclasses.fields(state)}
+            )
+        return pytree.tree_map(select, state)
+
+    def _tolerance(self, z: Tensor) -> Tensor | float:
+        """``atol + rtol·‖z‖₂`` per row (a number when ``rtol = 0``: no pass over ``z``)."""
+        if self.rtol == 0:
+            return self.atol
+        return self.atol + self.rtol * row_norm(z)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The caller's autocast state, to evaluate ``f`` under it and everything else without it.
+
+    Under ``torch.autocast`` the map ``f`` runs in the low precision the caller asked for, while
+    residuals, the solvers' linear algebra and the estimators' inner products run in the state's
+    own dtype (float32 or wider): autocast would otherwise put ``bmm`` and friends in bfloat16.
+    """
+
+    device_type: str
+    enabled: bool
+    dtype: torch.dtype
+
+    @classmethod
+    def capture(cls, device: torch.device) -> Precision:
+        kind = device.type
+        if kind not in ("cpu", "cuda", "xpu", "mps", "hpu"):
+            return cls(kind, False, torch.float32)
+        return cls(kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+
+    def caller(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast as the caller had it (no change when it was off)."""
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def solver(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast off, for the solver's and estimators' own arithmetic."""
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, enabled=False)
+
+
+class Finished:
+    """Full-batch results of the rows a compacting loop has dropped from its working set."""
+
+    def __init__(self, batch: int, z0: Tensor, r0: Tensor) -> None:
+        self.best_z = z0.clone()
+        self.best_r = torch.full_like(r0, math.inf)
+        self.codes = torch.zeros(batch, dtype=torch.int8, device=z0.device)
+        self.iterations = torch.zeros(batch, dtype=torch.int64, device=z0.device)
+        self.fevals = torch.zeros(batch, dtype=torch.int64, device=z0.device)
+        self.residual = r0.clone()
+
+    def store(
+        self,
+        index: Tensor | None,
+        best_z: Tensor,
+        best_r: Tensor,
+        codes: Tensor,
+        iterations: Tensor,
+        fevals: Tensor,
+        r: Tensor,
+    ) -> None:
+        """Write the working set's rows (``index``; None: all rows) into the full results."""
+        for full, part in (
+            (self.best_z, best_z),
+            (self.best_r, best_r),
+            (self.codes, codes),
+            (self.iterations, iterations),
+            (self.fevals, fevals),
+            (self.residual, r),
+        ):
+            if index is None:
+                full.copy_(part)
+            else:
+                full.index_copy_(0, index, part)
+
+    def full_residual(self, index: Tensor | None, r: Tensor) -> Tensor:
+        """The residual of every row: the working rows' current one, the others' last one."""
+        if index is None:
+            return r
+        return self.residual.index_copy(0, index, r)
+
+
+def _merge(pending: tuple[Tensor, Tensor], best: Tensor, all_improved: bool) -> Tensor:
+    candidate, improved = pending
+    return candidate if all_improved else torch.where(improved[:, None], candidate, best)

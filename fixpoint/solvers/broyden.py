@@ -14,12 +14,14 @@ __all__ = ["Broyden", "BroydenState", "apply_inverse", "apply_inverse_transpose"
 
 def apply_inverse(u: Tensor, v: Tensor, x: Tensor) -> Tensor:
     r"""Apply :math:`H = -I + \sum_i u_i v_i^\top` (``u, v``: ``(B, m, n)``) to ``x``."""
-    return torch.bmm(u.transpose(1, 2), torch.bmm(v, x[..., None]))[..., 0] - x
+    coefficients = torch.bmm(x[:, None], v.mT)  # (B, 1, m): v_iᵀx
+    return torch.baddbmm(x[:, None], coefficients, u, beta=-1)[:, 0]
 
 
 def apply_inverse_transpose(u: Tensor, v: Tensor, x: Tensor) -> Tensor:
     r"""Apply :math:`H^\top = -I + \sum_i v_i u_i^\top` to ``x``."""
-    return torch.bmm(v.transpose(1, 2), torch.bmm(u, x[..., None]))[..., 0] - x
+    coefficients = torch.bmm(x[:, None], u.mT)
+    return torch.baddbmm(x[:, None], coefficients, v, beta=-1)[:, 0]
 
 
 def broyden_update(u: Tensor, v: Tensor, s: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -105,25 +107,31 @@ class Broyden(Solver):
 
     def init(self, fn: FlatMap, z: Tensor, fz: Tensor) -> BroydenState:
         batch, n = z.shape
+        work = torch.promote_types(z.dtype, torch.float32)  # low-rank factors in ≥ float32
         return BroydenState(
-            u=z.new_zeros(batch, self.memory, n),
-            v=z.new_zeros(batch, self.memory, n),
-            z_prev=z,
-            g_prev=fz - z,
+            u=z.new_zeros(batch, self.memory, n, dtype=work),
+            v=z.new_zeros(batch, self.memory, n, dtype=work),
+            z_prev=z.to(work),
+            g_prev=(fz - z).to(work),
         )
 
     def step(
-        self, fn: FlatMap, z: Tensor, fz: Tensor, state: BroydenState
+        self, fn: FlatMap, z: Tensor, fz: Tensor, g: Tensor, state: BroydenState
     ) -> tuple[Tensor, Tensor, BroydenState]:
-        g = fz - z
+        dtype = z.dtype
+        z, g = z.to(state.u.dtype), g.to(state.u.dtype)
         if state.count > 0:
+            terms = min(state.count - 1, self.memory)  # rank-one terms of the current H
             j = (state.count - 1) % self.memory
-            u_new, v_new = broyden_update(state.u, state.v, z - state.z_prev, g - state.g_prev)
+            u_new, v_new = broyden_update(
+                state.u[:, :terms], state.v[:, :terms], z - state.z_prev, g - state.g_prev
+            )
             state.u[:, j], state.v[:, j] = u_new, v_new
         state.z_prev, state.g_prev = z, g
         state.count += 1
-        direction = -apply_inverse(state.u, state.v, g)
-        z_next = z + direction
+        terms = min(state.count - 1, self.memory)
+        direction = -apply_inverse(state.u[:, :terms], state.v[:, :terms], g)
+        z_next = (z + direction).to(dtype)
         fz_next = fn(z_next)
         if self.line_search:
             z_next, fz_next = self._backtrack(fn, z, g, direction, z_next, fz_next)
@@ -143,7 +151,7 @@ class Broyden(Solver):
             if bool(accepted.all()):
                 break
             alpha = torch.where(accepted, alpha, alpha / 2)
-            z_try = z + alpha[:, None] * direction
+            z_try = (z + alpha[:, None] * direction).to(z_next.dtype)
             fz_try = fn(z_try)
             r_try = row_norm(fz_try - z_try)
             better = ~accepted & (r_try < r_best)

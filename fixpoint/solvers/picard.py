@@ -44,6 +44,8 @@ class Picard(Solver):
     def init(self, fn: FlatMap, z: Tensor, fz: Tensor) -> None:
         return None
 
-    def step(self, fn: FlatMap, z: Tensor, fz: Tensor, state: None) -> tuple[Tensor, Tensor, None]:
-        z_next = fz if self.damping == 1 else z.lerp(fz, self.damping)
+    def step(
+        self, fn: FlatMap, z: Tensor, fz: Tensor, g: Tensor, state: None
+    ) -> tuple[Tensor, Tensor, None]:
+        z_next = fz if self.damping == 1 else z + self.damping * g
         return z_next, fn(z_next), None

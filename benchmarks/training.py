@@ -1,0 +1,59 @@
+"""Time per epoch of the Jacobian-based backward against JFB on the Table 2 example (digits).
+
+Runs ``examples/jfb_table2.py`` (same network, seed and data order for both methods) and reports
+the ratio next to the JFB paper's (Table 2: 1.6× MNIST, 2.5× SVHN, 3.6× CIFAR-10).
+
+    python -m benchmarks.training [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import Ratio, format_ratios
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(quick: bool = False) -> tuple[list[Ratio], str]:
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    import jfb_table2
+
+    epochs = "3" if quick else "10"
+    with tempfile.TemporaryDirectory() as out:
+        result = jfb_table2.main(
+            ["--methods", "jfb", "jacobian", "--epochs", epochs, "--no-progress", "--out", out]
+        )
+    rows = {r["method"]: r for r in result["rows"]}
+    jfb, jac = rows["jfb"], rows["jacobian"]
+    ratio = jac["time_per_epoch_s"] / jfb["time_per_epoch_s"]
+    paper = ", ".join(f"{k} {v}×" for k, v in jfb_table2.PAPER_SPEEDUP.items())
+    text = jfb_table2.format_table(result["rows"]) + f"\npaper (Jacobian-based / JFB): {paper}"
+    return [
+        Ratio(
+            "training",
+            "Jacobian-based / JFB time per epoch (digits)",
+            ratio,
+            None,
+            detail=f"{jac['time_per_epoch_s']:.2f} vs {jfb['time_per_epoch_s']:.2f} s; "
+            f"paper {paper}",
+        )
+    ], text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    ratios, text = run(args.quick)
+    print(text)
+    print()
+    print(format_ratios(ratios))
+
+
+if __name__ == "__main__":
+    main()
