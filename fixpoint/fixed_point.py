@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -12,11 +13,11 @@ from torch import Tensor, nn
 
 from fixpoint._transforms import active_transforms, refuse_vmap
 from fixpoint._tree import Layout, flat_map
-from fixpoint.estimators.base import Estimate, Estimator
+from fixpoint.estimators.base import ConvergenceWarning, Estimate, Estimator
 from fixpoint.estimators.implicit import Implicit
 from fixpoint.linearization import Linearization
 from fixpoint.matvecs import count_matvecs
-from fixpoint.solution import BackwardInfo
+from fixpoint.solution import BackwardInfo, Status
 from fixpoint.solve import check_inputs, unflatten_solution
 from fixpoint.solvers.anderson import Anderson
 from fixpoint.solvers.base import Precision, Solver
@@ -48,7 +49,8 @@ def fixed_point(
 
     for every tensor :math:`\theta` that ``f`` uses and that requires grad: tensors in ``args``
     (pytrees of tensors too) and parameters of modules ``f`` closes over. Memory does not grow
-    with the number of solver iterations.
+    with the number of solver iterations. If the forward solve does not converge for some
+    sample, a :class:`~fixpoint.ConvergenceWarning` says so (the value is then the best iterate).
 
     Parameters
     ----------
@@ -108,6 +110,7 @@ def fixed_point(
         )
     info = BackwardInfo(estimator=repr(estimator))
     sol = dataclasses.replace(unflatten_solution(flat, layout), backward=info)
+    _warn_unconverged(flat.status)
 
     z = sol.value
     if not torch.is_grad_enabled() or not _may_need_grad(f, args):
@@ -135,6 +138,19 @@ def fixed_point(
             pullback = _Pullback(estimator, linearization, info, batched_pullback, precision)
             z = layout.unflatten(_ImplicitGradient.apply(fz, z_star, pullback))
     return (z, sol) if return_solution else z
+
+
+def _warn_unconverged(statuses: tuple[Status, ...]) -> None:
+    failed = [s for s in statuses if s != Status.CONVERGED]
+    if failed:
+        kinds = ", ".join(sorted({s.value for s in failed}))
+        warnings.warn(
+            f"fp.fixed_point: the forward solve did not converge for {len(failed)} of "
+            f"{len(statuses)} samples ({kinds}); the returned value and its gradient are taken "
+            f"at the best iterate found. {failed[0].explanation}.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
 
 
 def _detach(x: Any) -> Any:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from fixpoint.estimators.base import Estimator
 from fixpoint.estimators.jfb import JFB
@@ -127,6 +129,10 @@ class DEQ(nn.Module):
         """Solve ``z = f(z, x)`` from ``z0`` (default :meth:`initial_state`) and return ``z*``."""
         solver = self.solver if self.training or self.eval_solver is None else self.eval_solver
         start = self.initial_state(x) if z0 is None else z0
+        with self._one_operator():
+            return self._solve(x, start, solver)
+
+    def _solve(self, x: Any, start: Any, solver: Solver) -> Any:
         z, sol = fixed_point(
             self.f,
             start,
@@ -147,6 +153,29 @@ class DEQ(nn.Module):
                 batched=self.batched,
             )
         return z
+
+    @contextlib.contextmanager
+    def _one_operator(self) -> Iterator[None]:
+        """Evaluate parametrized weights of ``f`` (spectral_norm, weight_norm, ...) once.
+
+        Without this, a parametrization such as ``spectral_norm`` would rerun (and, in training
+        mode, advance its power iteration) at every evaluation of ``f``: the solver would chase a
+        moving operator and the backward would differentiate yet another one. The weights are
+        computed once, with gradient tracking, and shared by the solve and the backward.
+        """
+        modules = (
+            [m for m in self.f.modules() if parametrize.is_parametrized(m)]
+            if isinstance(self.f, nn.Module)
+            else []
+        )
+        if not modules:
+            yield
+            return
+        with parametrize.cached():
+            for module in modules:
+                for name in module.parametrizations:
+                    getattr(module, name)
+            yield
 
     def extra_repr(self) -> str:
         parts = [f"solver={self.solver!r}", f"estimator={self.estimator!r}"]

@@ -13,6 +13,11 @@ settings.register_profile(
 settings.register_profile("thorough", deadline=None, max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One torch thread per xdist worker: two workers × two threads on two cores oversubscribe
+    # the CPU, and OpenMP's spinning then slows small problems down tenfold.
+    torch.set_num_threads(1)
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

@@ -299,3 +299,19 @@ def test_jvp_falls_back_to_double_backward():
         z.sum().backward()
         grads.append(x.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_unconverged_forward_solve_warns():
+    x = torch.ones(2, requires_grad=True)
+    with pytest.warns(fp.ConvergenceWarning, match="did not converge for 1 of 1 samples"):
+        z = fp.fixed_point(
+            lambda z, x: 0.99 * z + x,
+            torch.zeros(2),
+            x,
+            solver=fp.Picard(max_iter=5),
+            estimator=fp.JFB(),
+        )
+    assert z.requires_grad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fp.fixed_point(lambda z, x: 0.5 * z + x, torch.zeros(2), x)

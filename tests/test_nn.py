@@ -173,3 +173,32 @@ def test_skip_converged_gives_the_same_layer():
     assert int(b.last_solution.fevals.sum()) <= int(a.last_solution.fevals.sum())
     zb.sum().backward()
     assert all(p.grad is not None for p in op.parameters())
+
+
+def test_parametrized_weights_are_evaluated_once_per_forward():
+    """spectral_norm's power iteration advances once per DEQ forward, not once per f call, and
+    gradients still reach the raw weight behind the parametrization."""
+    torch.manual_seed(0)
+    op = Operator()
+    deq = fp.nn.DEQ(op, estimator=fp.Neumann(k=2))
+    param = op.linear.parametrizations.weight
+    u_before = param[0]._u.clone()
+    calls = 0
+    original = op.forward
+
+    def counting(z, x):
+        nonlocal calls
+        calls += 1
+        return original(z, x)
+
+    op.forward = counting
+    z = deq(torch.randn(5, 8))
+    assert calls > 3
+    # One power-iteration step, exactly as one plain forward of the layer makes.
+    reference = Operator()
+    reference.load_state_dict({k: v for k, v in op.state_dict().items()})
+    reference.linear.parametrizations.weight[0]._u.copy_(u_before)
+    reference.linear(torch.zeros(1, 8))
+    torch.testing.assert_close(param[0]._u, reference.linear.parametrizations.weight[0]._u)
+    z.sum().backward()
+    assert param.original.grad is not None and param.original.grad.abs().sum() > 0
