@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-torch-$(TORCH_VERSION)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,examples]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,examples,docs]"
 	touch $@
 
 install: $(STAMP)
@@ -23,6 +23,15 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
+
+# The documentation site (also built, strictly, by tests/docs/test_build.py).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+# The benchmarks need the peer libraries: make bench installs torchdeq (the bench extra).
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 # The JFB paper's Table 2 on the embedded digits data: JFB vs Jacobian-based (CG) vs Neumann-5/10.
 DEMO_ARGS ?= --epochs 20 --out results

@@ -67,6 +67,25 @@ def compare_estimators(
     property of a gradient estimate depends on the cosine being positive; its accuracy on the
     relative error.
 
+    Parameters
+    ----------
+    f
+        The map, called as ``f(z, *args)``.
+    z
+        The fixed point (tensor or pytree, ``(B, ...)`` leaves when ``batched``).
+    *args
+        Extra inputs of ``f``, held constant.
+    estimators
+        The estimators to compare.
+    g
+        Incoming gradient with the structure of ``z`` (default: standard normal).
+    batched
+        Compare per sample (leading dimension of ``z`` is the batch).
+    reference
+        Estimator giving :math:`w^*` (default: ``Implicit(Anderson(m=10))`` to 100·eps).
+    generator
+        Random generator for the default ``g``.
+
     Returns
     -------
     list of EstimatorComparison
@@ -122,7 +141,21 @@ def compare_estimators(
 
 
 def format_comparison(rows: Sequence[EstimatorComparison]) -> str:
-    """A plain-text table of :func:`compare_estimators` rows (means over samples)."""
+    """A plain-text table of :func:`compare_estimators` rows (means over samples).
+
+    Parameters
+    ----------
+    rows
+        The output of :func:`compare_estimators`.
+
+    Examples
+    --------
+    >>> import torch, fixpoint as fp
+    >>> f = fp.operators.Affine(0.5 * torch.eye(3), torch.ones(3))
+    >>> rows = fp.compare_estimators(f, f.fixed_point(), estimators=[fp.JFB(), fp.Neumann(k=4)])
+    >>> print(fp.format_comparison(rows).splitlines()[0].split())
+    ['estimator', 'cosine', 'rel.', 'error', 'vjp', 'jvp', 'ms']
+    """
     width = max([len(r.estimator) for r in rows] + [9])
     lines = [
         f"{'estimator':<{width}}  {'cosine':>8}  {'rel. error':>10}  {'vjp':>6}  "

@@ -45,7 +45,29 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
 def cg(matvec: MatVec, b: Tensor, *, atol: float, rtol: float, max_iter: int) -> KrylovResult:
     r"""Conjugate gradients for :math:`A x = b` with a symmetric positive definite :math:`A`.
 
-    One product with :math:`A` per iteration; starts from :math:`x_0 = 0`.
+    One product with :math:`A` per iteration; starts from :math:`x_0 = 0`; a row stops when
+    :math:`\|b - Ax\|_2 \le` ``atol + rtol·‖b‖₂``.
+
+    Parameters
+    ----------
+    matvec
+        :math:`v \mapsto Av` on ``(B, n)`` rows.
+    b
+        Right-hand sides, ``(B, n)``.
+    atol, rtol
+        Tolerances on the residual.
+    max_iter
+        Maximum iterations.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fixpoint.linalg import cg
+    >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    >>> res = cg(lambda v: v @ A, torch.tensor([[1.0, 2.0]], dtype=torch.float64),
+    ...          atol=1e-12, rtol=0, max_iter=10)
+    >>> res.x, res.iterations
+    (tensor([[0.0909, 0.6364]], dtype=torch.float64), 2)
     """
     x = torch.zeros_like(b)
     r = b.clone()
@@ -79,6 +101,27 @@ def cgls(
     original system and stops each row when :math:`\|r\|_2 \le` ``atol + rtol·‖b‖₂``; a
     least-squares solution that cannot meet it stops when :math:`A^\top r` vanishes. Starting
     from :math:`x_0 = 0`, ``k`` iterations cost exactly ``k`` products of each kind.
+
+    Parameters
+    ----------
+    matvec, rmatvec
+        :math:`v \mapsto Av` and :math:`v \mapsto A^\top v` on ``(B, n)`` rows.
+    b
+        Right-hand sides, ``(B, n)``.
+    atol, rtol
+        Tolerances on the residual of :math:`Ax = b`.
+    max_iter
+        Maximum iterations.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fixpoint.linalg import cgls
+    >>> A = torch.tensor([[1.0, 2.0], [0.0, 1.0]], dtype=torch.float64)   # not symmetric
+    >>> res = cgls(lambda v: v @ A.T, lambda v: v @ A, torch.tensor([[5.0, 2.0]],
+    ...            dtype=torch.float64), atol=1e-12, rtol=0, max_iter=10)
+    >>> res.x.round(decimals=10)
+    tensor([[1., 2.]], dtype=torch.float64)
     """
     x = torch.zeros_like(b)
     r = b.clone()

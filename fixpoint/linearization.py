@@ -28,6 +28,10 @@ def _grad(out: Tensor, inp: Tensor, cotangent: Tensor, create_graph: bool = Fals
 class Linearization:
     """``vjp(v) = Jᵀv`` and ``jvp(v) = Jv`` row by row, each product counted per sample.
 
+    Vector–Jacobian products are backward passes through the graph of ``fn``. Jacobian–vector
+    products use forward-mode AD (``torch.func.jvp``) where ``f`` supports it, else double
+    backward through the graph; if neither works the error says which estimators need neither.
+
     Parameters
     ----------
     fn
@@ -42,10 +46,6 @@ class Linearization:
     functional
         Take every product from ``torch.func`` (``vjp``/``jvp``) instead of autograd graphs, as
         needed under ``torch.func`` transforms.
-
-    Vector–Jacobian products are backward passes through that graph. Jacobian–vector products
-    use forward-mode AD (``torch.func.jvp``) where ``f`` supports it, else double backward
-    through the graph; if neither works the error says which estimators need neither.
     """
 
     def __init__(

@@ -20,6 +20,14 @@ class MatvecCount:
         Products :math:`v \\mapsto J^\\top v`.
     jvp
         Products :math:`v \\mapsto J v`.
+
+    Examples
+    --------
+    >>> import fixpoint as fp
+    >>> with fp.count_matvecs() as count:
+    ...     pass
+    >>> count
+    MatvecCount(vjp=0, jvp=0)
     """
 
     vjp: int = 0
@@ -27,6 +35,7 @@ class MatvecCount:
 
     @property
     def total(self) -> int:
+        """``vjp + jvp``."""
         return self.vjp + self.jvp
 
 

@@ -45,10 +45,7 @@ class DEQ(nn.Module):
     batched
         Whether the leading dimension of ``x`` and ``z`` is a batch of independent samples.
     skip_converged
-        Evaluate ``f`` only on samples still iterating (see :func:`fixpoint.solve`); for operators
-        without batch statistics.
-    skip_converged
-        Evaluate ``f`` only on samples still iterating (see :func:`fixpoint.solve`); for operators
+        Drop stopped samples from the forward solve (see :func:`fixpoint.solve`); for operators
         without batch statistics.
     spectral_radius_iters
         If > 0, after each training-mode forward estimate the spectral radius of

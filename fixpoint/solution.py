@@ -17,6 +17,15 @@ class Status(str, enum.Enum):
 
     A ``str`` enum: ``sol.status == "converged"`` and ``sol.status == fp.Status.CONVERGED``
     both work.
+
+    Examples
+    --------
+    >>> import torch, fixpoint as fp
+    >>> sol = fp.solve(lambda z: 2 * z + 1, torch.zeros(2), solver=fp.Picard())
+    >>> sol.status, sol.status == "diverged"
+    (Status.DIVERGED, True)
+    >>> sol.status.explanation.split(":")[0]
+    'the residual grew by more than the `divergence` factor'
     """
 
     CONVERGED = "converged"
@@ -90,6 +99,17 @@ class BackwardInfo:
         The estimator's own iterations, where it has any.
     vjp, jvp
         Jacobian products of the last backward pass, counted per sample.
+
+    Examples
+    --------
+    >>> import torch, fixpoint as fp
+    >>> x = torch.ones(3, requires_grad=True)
+    >>> z, sol = fp.fixed_point(lambda z, x: 0.5 * torch.tanh(z) + x, torch.zeros(3), x,
+    ...                         estimator=fp.CG(), return_solution=True)
+    >>> z.sum().backward()
+    >>> info = sol.backward
+    >>> info.calls, bool(info.converged), info.vjp == info.jvp == info.iterations
+    (1, True, True)
     """
 
     estimator: str
@@ -128,6 +148,14 @@ class Solution:
     backward
         For :func:`fixpoint.fixed_point`: a :class:`BackwardInfo` that the backward pass fills;
         ``None`` for :func:`fixpoint.solve`.
+
+    Examples
+    --------
+    >>> import torch, fixpoint as fp
+    >>> sol = fp.solve(lambda z: 0.5 * z + 1.0, torch.zeros(2, 3), batched=True,
+    ...                solver=fp.Anderson(atol=1e-10, rtol=0))
+    >>> sol.converged, sol.iterations, sol.trace.shape
+    (tensor([True, True]), tensor([3, 3]), torch.Size([4, 2]))
     """
 
     value: Any
@@ -141,6 +169,7 @@ class Solution:
 
     @property
     def batched(self) -> bool:
+        """Whether this is the solution of a batched solve (``status`` is then a tuple)."""
         return isinstance(self.status, tuple)
 
     def __repr__(self) -> str:

@@ -16,14 +16,33 @@ MatVec = Callable[[Tensor], Tensor]
 
 
 class ConvergenceWarning(UserWarning):
-    """An iterative gradient estimator stopped before reaching its tolerance."""
+    """An iterative solve (forward, or a gradient estimator's) stopped before its tolerance.
+
+    Turn it into an error with ``warnings.simplefilter("error", fp.ConvergenceWarning)``.
+    """
 
 
 class Estimate(NamedTuple):
     """What an iterative estimator may return instead of a bare ``w``.
 
-    ``converged`` and ``residual`` (``‖g − (I − Jᵀ) w‖₂`` where the estimator knows it) have
-    shape ``(B,)``; ``iterations`` counts the estimator's own steps.
+    Attributes
+    ----------
+    w
+        The estimate of :math:`(I - J^\top)^{-1} g`, shape of ``g``.
+    converged
+        Per-sample bool ``(B,)``, or ``None`` for a direct estimator.
+    residual
+        Per-sample ``‖g − (I − Jᵀ) w‖₂`` where the estimator knows it, else ``None``.
+    iterations
+        The estimator's own iterations, or ``None``.
+
+    Examples
+    --------
+    >>> import torch, fixpoint as fp
+    >>> est = fp.CG()(torch.ones(1, 2, dtype=torch.float64), vjp=lambda v: 0.5 * v,
+    ...               jvp=lambda v: 0.5 * v)
+    >>> est.w, bool(est.converged.all())
+    (tensor([[2., 2.]], dtype=torch.float64), True)
     """
 
     w: Tensor
@@ -46,12 +65,23 @@ class Estimator(ABC):
     ``b`` (``B = 1`` for an unbatched problem), and ``vjp``/``jvp`` act row by row. The library
     counts every product (:func:`fixpoint.count_matvecs`).
 
-    Class attributes
-    ----------------
+    Attributes
+    ----------
     uses_vjp
         Whether :meth:`__call__` may call ``vjp``. When ``False`` the forward pass does not keep
         the graph of ``f`` with respect to ``z`` (JFB). It is only an optimisation: a product
         asked for anyway is still computed, by recomputing ``f``.
+
+    Examples
+    --------
+    A complete estimator: two Neumann terms, written out.
+
+    >>> import torch, fixpoint as fp
+    >>> class TwoTerms(fp.Estimator):
+    ...     def __call__(self, g, vjp, jvp):
+    ...         return g + vjp(g)
+    >>> TwoTerms()(torch.ones(1, 2), vjp=lambda v: 0.5 * v, jvp=None)
+    tensor([[1.5000, 1.5000]])
     """
 
     uses_vjp: ClassVar[bool] = True
@@ -62,4 +92,5 @@ class Estimator(ABC):
 
     @property
     def name(self) -> str:
+        """A label for tables and logs: the estimator's ``repr``."""
         return repr(self)

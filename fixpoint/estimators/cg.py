@@ -39,6 +39,15 @@ class CG(Estimator):
         Use plain CG (see above).
     warn
         Warn when a row did not converge.
+
+    Examples
+    --------
+    With :math:`J = \tfrac12 I` the exact answer is :math:`w = 2g`:
+
+    >>> import torch, fixpoint as fp
+    >>> half = lambda v: 0.5 * v
+    >>> fp.CG()(torch.ones(1, 2, dtype=torch.float64), vjp=half, jvp=half).w
+    tensor([[2., 2.]], dtype=torch.float64)
     """
 
     atol: float = 1e-8

@@ -19,6 +19,15 @@ class Exact(Estimator):
     Exact up to rounding, whatever the spectrum of :math:`J` (as long as :math:`I - J` is
     invertible). For small problems and for tests: it costs ``n`` products per sample and
     ``O(n³)`` work.
+
+    Examples
+    --------
+    >>> import torch, fixpoint as fp
+    >>> J = torch.tensor([[0.5, 0.25], [0.0, 0.5]], dtype=torch.float64)
+    >>> est = fp.Exact()(torch.ones(1, 2, dtype=torch.float64), vjp=lambda v: v @ J, jvp=None)
+    >>> torch.allclose(est.w[0], torch.linalg.solve(torch.eye(2, dtype=J.dtype) - J.T,
+    ...                                            torch.ones(2, dtype=J.dtype)))
+    True
     """
 
     def __call__(self, g: Tensor, vjp: MatVec, jvp: MatVec) -> Estimate:

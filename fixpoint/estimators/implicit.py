@@ -29,6 +29,14 @@ class Implicit(Estimator):
         Any :class:`~fixpoint.Solver`; its tolerances apply to ``‖Jᵀw + g − w‖₂``.
     warn
         Warn (:class:`ConvergenceWarning`) when some sample did not converge.
+
+    Examples
+    --------
+    >>> import torch, fixpoint as fp
+    >>> est = fp.Implicit()(torch.ones(1, 2, dtype=torch.float64), vjp=lambda v: 0.5 * v,
+    ...                     jvp=None)
+    >>> est.w.round(decimals=6), bool(est.converged.all())
+    (tensor([[2., 2.]], dtype=torch.float64), True)
     """
 
     solver: Solver = field(default_factory=lambda: Anderson(atol=1e-8, rtol=1e-6, max_iter=100))

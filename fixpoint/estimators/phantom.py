@@ -28,6 +28,13 @@ class Phantom(Estimator):
         Number of unrolled steps, ≥ 1.
     damping
         :math:`\lambda \in (0, 1]`.
+
+    Examples
+    --------
+    >>> import torch, fixpoint as fp
+    >>> g, half = torch.ones(1, 2), lambda v: 0.5 * v
+    >>> fp.Phantom(k=3, damping=1.0)(g, half, None), fp.Neumann(k=2)(g, half, None)
+    (tensor([[1.7500, 1.7500]]), tensor([[1.7500, 1.7500]]))
     """
 
     k: int = 5

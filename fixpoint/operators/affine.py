@@ -12,7 +12,9 @@ class Affine(nn.Module):
     r"""The affine map :math:`f(z) = A z + b` on the last dimension of ``z``.
 
     It is a contraction exactly when :math:`\|A\|_2 < 1`, with factor :math:`\|A\|_2`, and then its
-    unique fixed point is :math:`z^* = (I - A)^{-1} b`.
+    unique fixed point is :math:`z^* = (I - A)^{-1} b`. Calling ``f(z)`` uses the stored bias;
+    ``f(z, b)`` uses ``b`` instead, so the bias can be passed through the ``args`` of
+    :func:`fixpoint.solve` (batched as ``(B, n)``).
 
     Parameters
     ----------
@@ -22,9 +24,6 @@ class Affine(nn.Module):
         The vector :math:`b`, shape ``(n,)`` or ``(B, n)``.
     learnable
         Register ``weight`` and ``bias`` as ``nn.Parameter`` (else as buffers).
-
-    Calling ``f(z)`` uses the stored bias; ``f(z, b)`` uses ``b`` instead, so the bias can be
-    passed through the ``args`` of :func:`fixpoint.solve` (batched as ``(B, n)``).
 
     Examples
     --------

@@ -37,6 +37,8 @@ def lipschitz(
         The map, called as ``f(z, *args)``.
     z
         The point: a tensor or a pytree of tensors.
+    *args
+        Extra inputs of ``f``, passed through unchanged.
     iters
         Power iterations (each costs one jvp and one vjp), ≥ 1.
     batched

@@ -107,7 +107,21 @@ def clip_operator_norm_(
     norm as the weights change. The bias is scaled with the weight so the layer stays
     :math:`\alpha(Wx + b)`, like the JFB paper's normalisation.
 
-    Returns the operator norm measured before clipping.
+    Parameters
+    ----------
+    layer
+        ``nn.Linear`` or ``nn.Conv1d/2d/3d`` (zero padding).
+    input_shape
+        Shape of one input, without the batch dimension.
+    bound
+        The largest operator norm allowed, > 0 (default 1).
+    iters
+        Power iterations for the norm (default 3; warm-started, see :func:`operator_norm`).
+
+    Returns
+    -------
+    Tensor
+        The operator norm measured before clipping.
 
     Examples
     --------

@@ -14,6 +14,13 @@ __all__ = ["ProximalGradient", "lasso", "soft_threshold"]
 def soft_threshold(x: Tensor, threshold: Tensor | float) -> Tensor:
     r"""The proximal map of :math:`t\|\cdot\|_1`: :math:`\operatorname{sign}(x)\max(|x| - t, 0)`.
 
+    Parameters
+    ----------
+    x
+        Input tensor.
+    threshold
+        :math:`t \ge 0`: a number or a tensor broadcastable to ``x``.
+
     Examples
     --------
     >>> import torch, fixpoint as fp

@@ -42,6 +42,8 @@ def spectral_radius(
         The map, called as ``f(z, *args)``.
     z
         The point, typically a fixed point.
+    *args
+        Extra inputs of ``f``, passed through unchanged.
     iters
         Power steps (vjps), ≥ 2.
     batched

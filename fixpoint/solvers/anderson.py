@@ -23,6 +23,23 @@ def mixing_coefficients(gram: Tensor, rhs: Tensor, lam: float) -> Tensor:
     ``(B, m)``. The regularisation is relative to the scale of ΔG, so it does not swamp the
     problem as the residuals shrink. Where the system is singular or the solution is not finite,
     the coefficients of that sample are zero (the step becomes a damped Picard step).
+
+    Parameters
+    ----------
+    gram
+        :math:`\Delta G^\top \Delta G`, shape ``(B, m, m)``.
+    rhs
+        :math:`\Delta G^\top g`, shape ``(B, m)``.
+    lam
+        Relative Tikhonov regularisation :math:`\lambda \ge 0`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fixpoint.solvers.anderson import mixing_coefficients
+    >>> gram = torch.tensor([[[4.0, 0.0], [0.0, 1.0]]])
+    >>> mixing_coefficients(gram, torch.tensor([[2.0, 3.0]]), lam=0.0)
+    tensor([[0.5000, 3.0000]])
     """
     m = gram.shape[-1]
     scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1)

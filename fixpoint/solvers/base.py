@@ -43,19 +43,33 @@ def row_norm(x: Tensor) -> Tensor:
 
 @dataclass(frozen=True, kw_only=True)
 class Solver(ABC):
-    """Base class of forward solvers for ``z = f(z)``.
+    r"""Base class of forward solvers for :math:`z = f(z)`.
+
+    Subclasses implement :meth:`init` and :meth:`step` on flat ``(B, n)`` matrices (row ``b``
+    is sample ``b``); :meth:`iterate` owns the loop: stopping, per-sample masks, best-iterate
+    tracking, non-finite and divergence checks, traces and statistics. A sample has converged
+    when :math:`\|f(z) - z\|_2 \le \mathrm{atol} + \mathrm{rtol}\,\|z\|_2`.
 
     Parameters
     ----------
-    atol, rtol
-        A sample has converged when ``‖f(z) − z‖₂ ≤ atol + rtol·‖z‖₂``.
+    atol
+        Absolute tolerance on the residual, ≥ 0 (default ``1e-6``).
+    rtol
+        Tolerance relative to ``‖z‖₂``, ≥ 0 (default ``1e-5``).
     max_iter
-        Maximum number of solver steps (≥ 1).
+        Maximum number of solver steps, ≥ 1 (default 100).
     divergence
         A sample stops with status ``diverged`` when its residual exceeds ``divergence`` times the
-        lowest residual it has reached (``math.inf`` turns the check off).
+        lowest residual it has reached (default ``1e4``; ``math.inf`` turns the check off).
 
-    Subclasses implement :meth:`init` and :meth:`step` on flat ``(B, n)`` matrices.
+    Examples
+    --------
+    Any solver's loop also runs on flat matrices directly (here two independent rows):
+
+    >>> import torch, fixpoint as fp
+    >>> sol = fp.Picard(atol=1e-8, rtol=0).iterate(lambda z: 0.5 * z + 1.0, torch.zeros(2, 3))
+    >>> sol.value[:, 0], sol.status
+    (tensor([2., 2.]), (Status.CONVERGED, Status.CONVERGED))
     """
 
     atol: float = 1e-6

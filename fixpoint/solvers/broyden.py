@@ -13,13 +13,38 @@ __all__ = ["Broyden", "BroydenState", "apply_inverse", "apply_inverse_transpose"
 
 
 def apply_inverse(u: Tensor, v: Tensor, x: Tensor) -> Tensor:
-    r"""Apply :math:`H = -I + \sum_i u_i v_i^\top` (``u, v``: ``(B, m, n)``) to ``x``."""
+    r"""Apply :math:`H = -I + \sum_i u_i v_i^\top` to ``x``.
+
+    Parameters
+    ----------
+    u, v
+        The rank-one factors, ``(B, m, n)`` each.
+    x
+        The vectors, ``(B, n)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fixpoint.solvers.broyden import apply_inverse
+    >>> u, v = torch.ones(1, 1, 2), torch.tensor([[[1.0, 0.0]]])
+    >>> apply_inverse(u, v, torch.tensor([[3.0, 5.0]]))      # −x + u (vᵀx)
+    tensor([[ 0., -2.]])
+    """
     coefficients = torch.bmm(x[:, None], v.mT)  # (B, 1, m): v_iᵀx
     return torch.baddbmm(x[:, None], coefficients, u, beta=-1)[:, 0]
 
 
 def apply_inverse_transpose(u: Tensor, v: Tensor, x: Tensor) -> Tensor:
-    r"""Apply :math:`H^\top = -I + \sum_i v_i u_i^\top` to ``x``."""
+    r"""Apply :math:`H^\top = -I + \sum_i v_i u_i^\top` to ``x`` (shapes as :func:`apply_inverse`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fixpoint.solvers.broyden import apply_inverse_transpose
+    >>> u, v = torch.ones(1, 1, 2), torch.tensor([[[1.0, 0.0]]])
+    >>> apply_inverse_transpose(u, v, torch.tensor([[3.0, 5.0]]))   # −x + v (uᵀx)
+    tensor([[ 5., -5.]])
+    """
     coefficients = torch.bmm(x[:, None], u.mT)
     return torch.baddbmm(x[:, None], coefficients, v, beta=-1)[:, 0]
 
@@ -33,6 +58,23 @@ def broyden_update(u: Tensor, v: Tensor, s: Tensor, y: Tensor) -> tuple[Tensor, 
     condition :math:`H_+ y = s` holds. Returns ``(u_new, v_new)`` with
     :math:`H_+ = H + u_{new} v_{new}^\top`. Where :math:`|s^\top H y|` is tiny relative to
     :math:`\|s\|\|Hy\|` (or anything is not finite) the term is zero: that sample skips the update.
+
+    Parameters
+    ----------
+    u, v
+        The current factors of :math:`H`, ``(B, m, n)``.
+    s, y
+        Step and residual change, ``(B, n)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fixpoint.solvers.broyden import apply_inverse, broyden_update
+    >>> u = v = torch.zeros(1, 0, 2)
+    >>> s, y = torch.tensor([[1.0, 0.0]]), torch.tensor([[-0.5, 0.0]])
+    >>> u1, v1 = broyden_update(u, v, s, y)
+    >>> apply_inverse(u1[:, None], v1[:, None], y)                 # the secant condition H₊y = s
+    tensor([[1., 0.]])
     """
     hy = apply_inverse(u, v, y)
     denom = (s * hy).sum(1)

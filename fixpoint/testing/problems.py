@@ -35,6 +35,15 @@ class Problem:
         ``(*args) ↦ z*``, the fixed point in closed form, or ``None``.
     name
         A short description (shown when Hypothesis reports a failing example).
+
+    Examples
+    --------
+    >>> import torch, fixpoint as fp
+    >>> p = fp.testing.Problem(f=lambda z, b: 0.5 * z + b, z0=torch.zeros(2, dtype=torch.float64),
+    ...                        args=(torch.ones(2, dtype=torch.float64),), gamma=0.5,
+    ...                        jacobian_fn=lambda z, b: 0.5 * torch.eye(2, dtype=z.dtype))
+    >>> p.reference()            # by Newton's method with the dense Jacobian
+    tensor([2., 2.], dtype=torch.float64)
     """
 
     f: Callable[..., Tensor]
@@ -51,6 +60,7 @@ class Problem:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of ``z0``."""
         return self.z0.dtype
 
     def jacobian(self, z: Tensor, *args: Any) -> Tensor:
@@ -93,6 +103,17 @@ def h_equation_mean(c: float) -> float:
     r"""The mean of the discrete H-equation's solution: :math:`2 / (1 + \sqrt{1 - c})`.
 
     It holds exactly for the midpoint discretisation, by symmetry of the kernel.
+
+    Parameters
+    ----------
+    c
+        The albedo, :math:`0 < c < 1`.
+
+    Examples
+    --------
+    >>> import fixpoint as fp
+    >>> fp.testing.h_equation_mean(0.75)
+    1.3333333333333333
     """
     return 2.0 / (1.0 + math.sqrt(1.0 - c))
 
@@ -112,6 +133,15 @@ def h_equation(
     started at :math:`H = 1`. For :math:`0 < c < 1` the solution satisfies
     ``mean(H) = h_equation_mean(c)``; the map contracts more slowly as :math:`c \to 1`, which is
     where Picard iteration needs many steps and Anderson or Broyden shine.
+
+    Parameters
+    ----------
+    c
+        The albedo, :math:`0 < c < 1`.
+    n
+        Number of quadrature nodes (default 512).
+    dtype, device
+        Of the problem's tensors (default float64 on the CPU).
 
     Examples
     --------

@@ -50,6 +50,17 @@ def affine_contractions(
     The bias ``b`` is the problem's argument (shape ``(n,)`` or ``(B, n)``); the fixed point
     :math:`(I - A)^{-1} b` is known in closed form and the Jacobian is ``A``.
 
+    Parameters
+    ----------
+    n
+        State dimension: a number or a strategy (default 1 to 12).
+    gamma
+        Contraction factor γ: a number or a strategy (default 0 to 0.95).
+    batch
+        ``None`` (unbatched), a batch size, or a strategy of either.
+    dtype
+        ``torch.float32``/``torch.float64`` or a strategy (see :data:`dtypes`).
+
     Examples
     --------
     >>> from hypothesis import given
@@ -107,6 +118,27 @@ def tanh_contractions(
     Since :math:`|\tanh'| \le 1`, :math:`f` is γ-Lipschitz in ``z``. The injection ``x`` is the
     problem's argument; the Jacobian is :math:`\gamma\,\mathrm{diag}(1 - \tanh^2(Wz + x))\,W`, and
     :meth:`Problem.reference` finds the fixed point by Newton's method.
+
+    Parameters
+    ----------
+    n
+        State dimension: a number or a strategy (default 1 to 12).
+    gamma
+        Contraction factor γ: a number or a strategy (default 0 to 0.95).
+    batch
+        ``None`` (unbatched), a batch size, or a strategy of either.
+    dtype
+        ``torch.float32``/``torch.float64`` or a strategy (see :data:`dtypes`).
+
+    Examples
+    --------
+    >>> from hypothesis import given
+    >>> import fixpoint as fp
+    >>> @given(fp.testing.tanh_contractions(gamma=0.8, batch=3))
+    ... def test(problem):
+    ...     est = fp.operators.lipschitz(problem.f, problem.z0, *problem.args, batched=True)
+    ...     assert (est <= 0.8 + 1e-9).all()
+    >>> test()
     """
     n_, gamma_ = draw(_strategy(n)), draw(_strategy(gamma))
     batch_, dtype_ = draw(_strategy(batch)), draw(_strategy(dtype))
@@ -143,7 +175,28 @@ def contractions(
     batch: int | st.SearchStrategy[int | None] | None = None,
     dtype: torch.dtype | st.SearchStrategy[torch.dtype] = torch.float64,
 ) -> st.SearchStrategy[Problem]:
-    """Either :func:`affine_contractions` | :func:`tanh_contractions`."""
+    """Affine or nonlinear γ-contractions: :func:`affine_contractions` or :func:`tanh_contractions`.
+
+    Parameters
+    ----------
+    n
+        State dimension: a number or a strategy (default 1 to 12).
+    gamma
+        Contraction factor γ: a number or a strategy (default 0 to 0.95).
+    batch
+        ``None`` (unbatched), a batch size, or a strategy of either.
+    dtype
+        ``torch.float32``/``torch.float64`` or a strategy (see :data:`dtypes`).
+
+    Examples
+    --------
+    >>> from hypothesis import given
+    >>> import fixpoint as fp
+    >>> @given(fp.testing.contractions(n=4, gamma=0.5, batch=2))
+    ... def test(problem):
+    ...     assert problem.z0.shape == (2, 4) and problem.gamma == 0.5
+    >>> test()
+    """
     return st.one_of(
         affine_contractions(n, gamma, batch, dtype), tanh_contractions(n, gamma, batch, dtype)
     )
