@@ -74,7 +74,8 @@ def test_train_and_eval_modes_use_their_solvers():
     net = Net(eval_solver=fp.Anderson(atol=1e-6, rtol=0, max_iter=200))
     net.deq.solver = fp.Picard(max_iter=3)
     d, _ = data(n=4)
-    out = net(d)
+    with pytest.warns(fp.ConvergenceWarning, match="4 of 4 samples"):
+        out = net(d)
     assert out.requires_grad
     assert net.deq.last_solution.status == ("max_iter",) * 4
     net.eval()
