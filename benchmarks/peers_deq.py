@@ -218,12 +218,13 @@ def run(quick: bool = False) -> tuple[list[Ratio], str]:
             lines.append(
                 f"{name:<14} {library:<10} {1e3 * timings[library]:>8.1f} {cosines[library]:>16.6f}"
             )
+        # Reported, not a target: the backward target against torchdeq is accuracy.
         ratios.append(
             Ratio(
                 "vs torchdeq",
                 f"{name} backward time fixpoint / torchdeq",
                 timings["fixpoint"] / timings["torchdeq"],
-                1.0,
+                None,
                 detail=f"{1e3 * timings['fixpoint']:.1f} vs {1e3 * timings['torchdeq']:.1f} ms",
             )
         )
