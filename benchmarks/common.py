@@ -120,3 +120,16 @@ def format_ratios(ratios: Sequence[Ratio]) -> str:
     ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
+
+
+def section_main(run: Callable[[bool], tuple[Sequence[Ratio], str]], doc: str | None) -> None:
+    """Command line of a benchmark section: ``--quick``, then its text and its ratios."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
+    args = parser.parse_args()
+    ratios, text = run(args.quick)
+    print(text)
+    print()
+    print(format_ratios(ratios))

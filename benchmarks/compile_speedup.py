@@ -9,13 +9,12 @@ A compiled operator is an ordinary callable to fixpoint: the forward solve calls
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 import fixpoint as fp
-from benchmarks.common import ConvOperator, Ratio, format_ratios, interleaved_times
+from benchmarks.common import ConvOperator, Ratio, interleaved_times, section_main
 
 
 def run(quick: bool = False) -> tuple[list[Ratio], str]:
@@ -58,13 +57,7 @@ def run(quick: bool = False) -> tuple[list[Ratio], str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    ratios, text = run(args.quick)
-    print(text)
-    print()
-    print(format_ratios(ratios))
+    section_main(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ whatever N is; backpropagating through the unrolled iterations keeps N of them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import Ratio, format_ratios
+from benchmarks.common import Ratio, section_main
 
 ESTIMATORS = ("jfb", "neumann-5", "cg", "unrolled")
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,18 +131,11 @@ def run(quick: bool = False) -> tuple[list[Ratio], str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--child", nargs=3, metavar=("ESTIMATOR", "ITERATIONS", "BATCH"))
-    args = parser.parse_args()
-    if args.child:
-        estimator, iterations, batch = args.child
+    if sys.argv[1:2] == ["--child"]:  # one measurement, in the fresh process measure() starts
+        estimator, iterations, batch = sys.argv[2:5]
         print(json.dumps(child(estimator, int(iterations), int(batch))))
         return
-    ratios, text = run(args.quick)
-    print(text)
-    print()
-    print(format_ratios(ratios))
+    section_main(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,18 @@ Needs ``pip install torchdeq==0.1.0`` (the ``bench`` extra); without it this sec
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
 
 import fixpoint as fp
-from benchmarks.common import ConvOperator, Ratio, format_ratios, interleaved_times, median_time
+from benchmarks.common import (
+    ConvOperator,
+    Ratio,
+    interleaved_times,
+    median_time,
+    section_main,
+)
 
 BATCH, CHANNELS, SIZE = 64, 32, 16
 
@@ -242,13 +247,7 @@ def run(quick: bool = False) -> tuple[list[Ratio], str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    ratios, text = run(args.quick)
-    print(text)
-    print()
-    print(format_ratios(ratios))
+    section_main(run, __doc__)
 
 
 if __name__ == "__main__":

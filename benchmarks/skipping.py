@@ -12,12 +12,10 @@ until all converge).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 import fixpoint as fp
-from benchmarks.common import Ratio, format_ratios, interleaved_times
+from benchmarks.common import Ratio, interleaved_times, section_main
 
 
 class ScaledTanhConv(torch.nn.Module):
@@ -75,13 +73,7 @@ def run(quick: bool = False) -> tuple[list[Ratio], str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    ratios, text = run(args.quick)
-    print(text)
-    print()
-    print(format_ratios(ratios))
+    section_main(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ the ratio next to the JFB paper's (Table 2: 1.6× MNIST, 2.5× SVHN, 3.6× CIFAR
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import Ratio, format_ratios
+from benchmarks.common import Ratio, section_main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -46,13 +45,7 @@ def run(quick: bool = False) -> tuple[list[Ratio], str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    ratios, text = run(args.quick)
-    print(text)
-    print()
-    print(format_ratios(ratios))
+    section_main(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,18 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp
 
-from fixpoint._tree import Layout
+from fixpoint._tree import FlatMap, Layout
 from fixpoint.solvers.base import row_norm
 
-__all__ = ["lipschitz"]
+__all__ = ["lipschitz", "random_unit_rows"]
+
+
+def random_unit_rows(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Random rows of unit norm, shaped like ``like`` (drawn on the CPU, so seeds agree
+    across devices)."""
+    v = torch.randn(like.shape, generator=generator, dtype=like.dtype, device="cpu")
+    v = v.to(like.device)
+    return v / row_norm(v)[:, None]
 
 
 def lipschitz(
@@ -64,16 +72,10 @@ def lipschitz(
         raise ValueError(f"lipschitz: iters must be an integer ≥ 1, got {iters!r}")
     layout = Layout.of(z, batched, name="z")
     z_flat = layout.flatten(z).detach()
-
-    def fn(flat: Tensor) -> Tensor:
-        return layout.flatten(f(layout.unflatten(flat), *args))
-
+    fn = FlatMap(f, layout, args)
     with torch.no_grad():
         _, pullback = vjp(fn, z_flat)
-        v = torch.randn(z_flat.shape, generator=generator, dtype=z_flat.dtype, device="cpu").to(
-            z_flat.device
-        )
-        v = v / row_norm(v)[:, None]
+        v = random_unit_rows(z_flat, generator)
         for _ in range(iters):
             u = jvp(fn, (z_flat,), (v,))[1]
             w = pullback(u)[0]

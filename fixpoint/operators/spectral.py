@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 from torch.func import vjp
 
-from fixpoint._tree import Layout
+from fixpoint._tree import FlatMap, Layout
+from fixpoint.operators.lipschitz import random_unit_rows
 from fixpoint.solvers.base import row_norm
 
 __all__ = ["spectral_radius"]
@@ -69,11 +70,8 @@ def spectral_radius(
     layout = Layout.of(z, batched, name="z")
     z_flat = layout.flatten(z).detach()
     with torch.no_grad():
-        _, pullback = vjp(lambda v: layout.flatten(f(layout.unflatten(v), *args)), z_flat)
-        v = torch.randn(z_flat.shape, generator=generator, dtype=z_flat.dtype, device="cpu").to(
-            z_flat.device
-        )
-        v = v / row_norm(v)[:, None]
+        _, pullback = vjp(FlatMap(f, layout, args), z_flat)
+        v = random_unit_rows(z_flat, generator)
         log_growth = torch.zeros(z_flat.shape[0], dtype=row_norm(v).dtype, device=z_flat.device)
         counted = 0
         for step in range(iters):

@@ -33,6 +33,16 @@ def _matrix_with_norm(n: int, gamma: float, gen: torch.Generator) -> Tensor:
     return gamma * (q1 * s) @ q2.T
 
 
+def _draw_options(
+    draw: st.DrawFn, n: Any, gamma: Any, batch: Any, dtype: Any
+) -> tuple[int, float, int | None, torch.dtype, int, torch.Generator]:
+    """Draw the options (values or strategies) and a seeded generator for the matrices."""
+    n_, gamma_ = draw(_strategy(n)), draw(_strategy(gamma))
+    batch_, dtype_ = draw(_strategy(batch)), draw(_strategy(dtype))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return n_, gamma_, batch_, dtype_, seed, torch.Generator().manual_seed(seed)
+
+
 def _lead(batch: int | None) -> tuple[int, ...]:
     return () if batch is None else (batch,)
 
@@ -72,10 +82,7 @@ def affine_contractions(
     ...     assert (sol.value - problem.reference()).abs().max() < 1e-8
     >>> test()
     """
-    n_, gamma_ = draw(_strategy(n)), draw(_strategy(gamma))
-    batch_, dtype_ = draw(_strategy(batch)), draw(_strategy(dtype))
-    seed = draw(st.integers(0, 2**31 - 1))
-    gen = torch.Generator().manual_seed(seed)
+    n_, gamma_, batch_, dtype_, seed, gen = _draw_options(draw, n, gamma, batch, dtype)
     a64 = _matrix_with_norm(n_, gamma_, gen)
     b64 = torch.randn(*_lead(batch_), n_, generator=gen, dtype=torch.float64)
     weight = a64.to(dtype_)
@@ -140,10 +147,7 @@ def tanh_contractions(
     ...     assert (est <= 0.8 + 1e-9).all()
     >>> test()
     """
-    n_, gamma_ = draw(_strategy(n)), draw(_strategy(gamma))
-    batch_, dtype_ = draw(_strategy(batch)), draw(_strategy(dtype))
-    seed = draw(st.integers(0, 2**31 - 1))
-    gen = torch.Generator().manual_seed(seed)
+    n_, gamma_, batch_, dtype_, seed, gen = _draw_options(draw, n, gamma, batch, dtype)
     w64 = _matrix_with_norm(n_, 1.0, gen)
     x64 = 2.0 * torch.randn(*_lead(batch_), n_, generator=gen, dtype=torch.float64)
     weight = w64.to(dtype_)
