@@ -12,7 +12,9 @@ import fixpoint as fp
 
 def main() -> None:
     # 1. A scalar equation: z = cos(z).
-    sol = fp.solve(torch.cos, torch.zeros(()), solver=fp.Anderson(atol=1e-10, rtol=0))
+    sol = fp.solve(
+        torch.cos, torch.zeros((), dtype=torch.float64), solver=fp.Anderson(atol=1e-12, rtol=0)
+    )
     print(f"z = cos(z):  z* = {sol.value.item():.10f}   {sol}")
 
     # 2. The Chandrasekhar H-equation, a classic hard fixed-point problem.
