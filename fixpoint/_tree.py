@@ -13,7 +13,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-__all__ = ["FlatMap", "Layout", "flat_map"]
+__all__ = ["FlatMap", "Layout"]
 
 
 @dataclass(frozen=True)
@@ -173,8 +173,3 @@ class FlatMap:
         args = pytree.tree_map(select, self.args)
         out = self._autocast_output(self.f(self.layout.unflatten(flat), *args))
         return self.layout.flatten(out)
-
-
-def flat_map(f: Callable[..., Any], layout: Layout, args: tuple[Any, ...]) -> FlatMap:
-    """``f(z, *args)`` as a :class:`FlatMap`."""
-    return FlatMap(f, layout, args)

@@ -12,7 +12,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from fixpoint._transforms import active_transforms, refuse_vmap
-from fixpoint._tree import Layout, flat_map
+from fixpoint._tree import FlatMap, Layout
 from fixpoint.estimators.base import ConvergenceWarning, Estimate, Estimator
 from fixpoint.estimators.implicit import Implicit
 from fixpoint.linearization import Linearization
@@ -103,7 +103,7 @@ def fixed_point(
         )
     refuse_vmap("fp.fixed_point")
     layout = Layout.of(z0, batched)
-    fn = flat_map(f, layout, args)
+    fn = FlatMap(f, layout, args)
     with torch.no_grad():
         flat = solver.iterate(
             fn, layout.flatten(z0).detach(), rows=fn.rows if skip_converged else None
@@ -117,7 +117,7 @@ def fixed_point(
         return (z, sol) if return_solution else z
     z_star = flat.value.detach()
     precision = Precision.capture(layout.device)
-    constant_map = flat_map(f, layout, pytree.tree_map(_detach, args))
+    constant_map = FlatMap(f, layout, pytree.tree_map(_detach, args))
     batched_pullback = layout.batch is not None
     if active_transforms():
         # Under torch.func.grad/vjp the products come from torch.func, not from a graph.

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from fixpoint._transforms import refuse_vmap
-from fixpoint._tree import Layout, flat_map
+from fixpoint._tree import FlatMap, Layout
 from fixpoint.solution import Solution
 from fixpoint.solvers.anderson import Anderson
 from fixpoint.solvers.base import Solver
@@ -85,7 +85,7 @@ def solve(
     check_inputs(f, solver, batched, skip_converged)
     refuse_vmap("fp.solve")
     layout = Layout.of(z0, batched)
-    fn = flat_map(f, layout, args)
+    fn = FlatMap(f, layout, args)
     with torch.no_grad():
         flat = solver.iterate(
             fn, layout.flatten(z0).detach(), rows=fn.rows if skip_converged else None
