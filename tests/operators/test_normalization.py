@@ -2,22 +2,25 @@
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import fixpoint as fp
 
 
-def dense_norm(layer, shape):
+def dense_singular_values(layer, shape):
     def linear_part(x):
         out = layer(x.reshape(1, *shape))
         bias = layer(torch.zeros(1, *shape, dtype=x.dtype))
         return (out - bias).reshape(-1)
 
-    jac = torch.func.jacrev(linear_part)(
-        torch.zeros(int(torch.tensor(shape).prod()), dtype=torch.float64)
-    )
-    return torch.linalg.matrix_norm(jac, 2)
+    n = int(torch.tensor(shape).prod())
+    jac = torch.func.jacrev(linear_part)(torch.zeros(n, dtype=torch.float64))
+    return torch.linalg.svdvals(jac.detach())
+
+
+def dense_norm(layer, shape):
+    return dense_singular_values(layer, shape)[0]
 
 
 @given(
@@ -33,9 +36,11 @@ def test_conv_operator_norm_matches_the_dense_matrix(seed, cin, cout, size, stri
     conv = torch.nn.Conv2d(cin, cout, 3, stride=stride, padding=padding).double()
     shape = (cin, size, size)
     est = fp.operators.operator_norm(conv, shape, iters=500)
-    exact = dense_norm(conv, shape)
-    assert est <= exact * (1 + 1e-9)
-    assert est >= exact * (1 - 1e-3)
+    s = dense_singular_values(conv, shape)
+    assert est <= s[0] * (1 + 1e-9)  # always a lower bound
+    # Power iteration converges like (σ₂/σ₁)^(2k): 500 steps are enough only with a gap.
+    assume(len(s) == 1 or s[1] / s[0] < 0.99)
+    assert est >= s[0] * (1 - 1e-3)
 
 
 @given(seed=st.integers(0, 2**31 - 1), bound=st.floats(0.1, 3.0))
