@@ -11,6 +11,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
+from fixpoint._checks import require_instance
 from fixpoint._transforms import active_transforms, refuse_vmap
 from fixpoint._tree import FlatMap, Layout
 from fixpoint.estimators.base import ConvergenceWarning, Estimate, Estimator
@@ -91,16 +92,7 @@ def fixed_point(
     4.0
     """
     check_inputs(f, solver, batched, skip_converged)
-    if isinstance(estimator, type) and issubclass(estimator, Estimator):
-        raise TypeError(
-            f"estimator must be an estimator instance: write "
-            f"estimator={estimator.__name__}(), not estimator={estimator.__name__}"
-        )
-    if not isinstance(estimator, Estimator):
-        raise TypeError(
-            f"estimator must be an instance of fixpoint.Estimator (e.g. fp.JFB()), "
-            f"got {type(estimator).__name__}"
-        )
+    require_instance(estimator, Estimator, "estimator", "fp.JFB()")
     refuse_vmap("fp.fixed_point")
     layout = Layout.of(z0, batched)
     fn = FlatMap(f, layout, args)

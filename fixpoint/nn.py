@@ -11,6 +11,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from fixpoint._checks import require_instance
 from fixpoint.estimators.base import Estimator
 from fixpoint.estimators.jfb import JFB
 from fixpoint.fixed_point import fixed_point
@@ -92,15 +93,10 @@ class DEQ(nn.Module):
         super().__init__()
         if not callable(f):
             raise TypeError(f"DEQ: f must be callable as f(z, x), got {type(f).__name__}")
-        if not isinstance(solver, Solver) or not (
-            eval_solver is None or isinstance(eval_solver, Solver)
-        ):
-            raise TypeError("DEQ: solver and eval_solver must be fixpoint.Solver instances")
-        if not isinstance(estimator, Estimator):
-            raise TypeError(
-                f"DEQ: estimator must be a fixpoint.Estimator instance, "
-                f"got {type(estimator).__name__}"
-            )
+        require_instance(solver, Solver, "solver", "fp.Anderson()")
+        if eval_solver is not None:
+            require_instance(eval_solver, Solver, "eval_solver", "fp.Anderson()")
+        require_instance(estimator, Estimator, "estimator", "fp.JFB()")
         if not isinstance(spectral_radius_iters, int) or spectral_radius_iters < 0:
             raise ValueError(
                 f"DEQ: spectral_radius_iters must be an integer ≥ 0, got {spectral_radius_iters!r}"

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from fixpoint._checks import require_instance
 from fixpoint._transforms import refuse_vmap
 from fixpoint._tree import FlatMap, Layout
 from fixpoint.solution import Solution
@@ -24,16 +25,7 @@ def check_inputs(f: Any, solver: Any, batched: bool = False, skip_converged: boo
         raise ValueError("skip_converged=True needs batched=True: it skips samples of a batch")
     if not callable(f):
         raise TypeError(f"f must be callable as f(z, *args), got {type(f).__name__}")
-    if isinstance(solver, type) and issubclass(solver, Solver):
-        raise TypeError(
-            f"solver must be a solver instance: write solver={solver.__name__}(), "
-            f"not solver={solver.__name__}"
-        )
-    if not isinstance(solver, Solver):
-        raise TypeError(
-            f"solver must be an instance of fixpoint.Solver (e.g. fp.Anderson()), "
-            f"got {type(solver).__name__}"
-        )
+    require_instance(solver, Solver, "solver", "fp.Anderson()")
 
 
 def solve(

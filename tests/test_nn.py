@@ -157,9 +157,11 @@ def test_memory_flat_over_many_steps():
 def test_bad_construction():
     with pytest.raises(TypeError, match="callable"):
         fp.nn.DEQ(3)
-    with pytest.raises(TypeError, match="Solver"):
+    with pytest.raises(TypeError, match="fixpoint.Solver"):
         fp.nn.DEQ(Operator(), solver="anderson")
-    with pytest.raises(TypeError, match="Estimator"):
+    with pytest.raises(TypeError, match="eval_solver"):
+        fp.nn.DEQ(Operator(), eval_solver=fp.Picard)
+    with pytest.raises(TypeError, match=r"write estimator=JFB\(\)"):
         fp.nn.DEQ(Operator(), estimator=fp.JFB)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,20 @@ __all__ = ["ConvergenceWarning", "Estimate", "Estimator", "MatVec"]
 
 MatVec = Callable[[Tensor], Tensor]
 """A product ``(B, n) -> (B, n)`` with the per-sample Jacobian (``vjp``: Jᵀv, ``jvp``: Jv)."""
+
+
+def warn_inexact(converged: Tensor, what: str) -> None:
+    """Issue a :class:`ConvergenceWarning` when some sample did not converge.
+
+    ``what`` says what did not converge, e.g. ``"CG did not reach its tolerance (...)"``.
+    """
+    if not bool(converged.all()):
+        bad, total = int((~converged).sum()), converged.numel()
+        warnings.warn(
+            f"{what} for {bad} of {total} samples; the gradient is inexact",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
 
 
 class ConvergenceWarning(UserWarning):

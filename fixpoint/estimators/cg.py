@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 from torch import Tensor
 
-from fixpoint.estimators.base import ConvergenceWarning, Estimate, Estimator, MatVec
+from fixpoint.estimators.base import Estimate, Estimator, MatVec, warn_inexact
 from fixpoint.estimators.neumann import _check_count
 from fixpoint.linalg import cg, cgls
 
@@ -72,13 +71,10 @@ class CG(Estimator):
 
         tol = dict(atol=self.atol, rtol=self.rtol, max_iter=self.max_iter)
         result = cg(system, g, **tol) if self.symmetric else cgls(system, adjoint, g, **tol)
-        if self.warn and not bool(result.converged.all()):
-            bad = int((~result.converged).sum())
-            warnings.warn(
-                f"CG did not reach its tolerance in {self.max_iter} iterations for {bad} of "
-                f"{g.shape[0]} samples (largest residual {result.residual.max().item():.3g}); "
-                "the gradient is inexact",
-                ConvergenceWarning,
-                stacklevel=2,
+        if self.warn:
+            warn_inexact(
+                result.converged,
+                f"CG did not reach its tolerance in {self.max_iter} "
+                f"iterations (largest residual {result.residual.max().item():.3g})",
             )
         return Estimate(result.x, result.converged, result.residual, result.iterations)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from fixpoint.estimators.base import ConvergenceWarning, Estimate, Estimator, MatVec
+from fixpoint.estimators.base import Estimate, Estimator, MatVec, warn_inexact
 from fixpoint.solvers.anderson import Anderson
 from fixpoint.solvers.base import Solver
 
@@ -51,13 +50,10 @@ class Implicit(Estimator):
 
     def __call__(self, g: Tensor, vjp: MatVec, jvp: MatVec) -> Estimate:
         sol = self.solver.iterate(lambda w: vjp(w) + g, g)
-        if self.warn and not bool(sol.converged.all()):
-            bad = int((~sol.converged).sum())
-            warnings.warn(
-                f"Implicit({type(self.solver).__name__}) did not solve the adjoint equation for "
-                f"{bad} of {g.shape[0]} samples (statuses {sorted(set(map(str, sol.status)))}); "
-                "the gradient is inexact",
-                ConvergenceWarning,
-                stacklevel=2,
+        if self.warn:
+            warn_inexact(
+                sol.converged,
+                f"Implicit({type(self.solver).__name__}) did not solve "
+                f"the adjoint equation (statuses {sorted(set(map(str, sol.status)))})",
             )
         return Estimate(sol.value, sol.converged, sol.residual, int(sol.iterations.max()))
