@@ -157,7 +157,7 @@ def test_memory_flat_over_many_steps():
 def test_bad_construction():
     with pytest.raises(TypeError, match="callable"):
         fp.nn.DEQ(3)
-    with pytest.raises(TypeError, match="fixpoint.Solver"):
+    with pytest.raises(TypeError, match=r"fixpoint\.Solver"):
         fp.nn.DEQ(Operator(), solver="anderson")
     with pytest.raises(TypeError, match="eval_solver"):
         fp.nn.DEQ(Operator(), eval_solver=fp.Picard)
