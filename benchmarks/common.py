@@ -106,7 +106,7 @@ def format_ratios(ratios: Sequence[Ratio]) -> str:
         (
             r.section,
             r.name,
-            f"{r.value:.3g}",
+            f"{r.value:.4g}",
             r.target_text,
             {True: "yes", False: "NO", None: "-"}[r.ok],
             r.detail,

@@ -84,7 +84,7 @@ def to_markdown(
     for r in ratios:
         met = {True: "yes", False: "**no**", None: "–"}[r.ok]
         lines.append(
-            f"| {r.section} | {r.name} ({r.detail}) | {r.value:.3g} | {r.target_text} | {met} |"
+            f"| {r.section} | {r.name} ({r.detail}) | {r.value:.4g} | {r.target_text} | {met} |"
         )
     for name, text in texts.items():
         lines += [

@@ -38,6 +38,11 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.vecdot(a, b, dim=1)
 
 
+def _squared_norm(a: Tensor) -> Tensor:
+    # One reduction pass; several times faster on CPU than vecdot(a, a).
+    return row_norm(a).square()
+
+
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
 
@@ -72,7 +77,7 @@ def cg(matvec: MatVec, b: Tensor, *, atol: float, rtol: float, max_iter: int) ->
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
-    rr = _dot(r, r)
+    rr = _squared_norm(r)
     tol = atol + rtol * row_norm(b)
     active = rr.sqrt() > tol
     iterations = 0
@@ -83,7 +88,7 @@ def cg(matvec: MatVec, b: Tensor, *, atol: float, rtol: float, max_iter: int) ->
         alpha = torch.where(active, _safe_div(rr, _dot(p, ap)), 0.0)[:, None]
         x.addcmul_(alpha, p)
         r.addcmul_(alpha, ap, value=-1)
-        rr_new = _dot(r, r)
+        rr_new = _squared_norm(r)
         active = active & (rr_new.sqrt() > tol)
         p.mul_(_safe_div(rr_new, rr)[:, None]).add_(r)
         rr = rr_new
@@ -131,7 +136,7 @@ def cgls(
     iterations = 0
     while iterations < max_iter and bool(active.any()):
         s = rmatvec(r)
-        ss_new = _dot(s, s)
+        ss_new = _squared_norm(s)
         if p is None:
             p = s.clone()
         else:
@@ -140,7 +145,7 @@ def cgls(
         q = matvec(p)
         iterations += 1
         # Stopped rows get α = 0, so x and r keep their values; their p is never used again.
-        alpha = torch.where(active, _safe_div(ss, _dot(q, q)), 0.0)[:, None]
+        alpha = torch.where(active, _safe_div(ss, _squared_norm(q)), 0.0)[:, None]
         x.addcmul_(alpha, p)
         r.addcmul_(alpha, q, value=-1)
         active = active & (row_norm(r) > tol) & (ss > 0)
