@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -22,9 +24,11 @@ import fixpoint as fp
 from benchmarks.common import ConvOperator, Ratio, format_ratios, median_time
 from fixpoint.linearization import Linearization
 
+T = TypeVar("T")
 
-def in_loop_product_time(run_backward):
-    """Mean time of one jvp plus one vjp as CG makes them, timed inside its loop.
+
+def in_loop_product_time(run_backward: Callable[[], T]) -> tuple[float, T]:
+    """Mean time of one jvp plus one vjp as CG makes them, timed inside its loop, and the result.
 
     Products timed alone run on warm caches and a warm allocator; inside CG, with more vectors
     alive, the same products are slower (fresh buffers fault their pages in, the loop's vectors
