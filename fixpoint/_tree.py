@@ -13,7 +13,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-__all__ = ["FlatMap", "Layout"]
+__all__ = ["FlatMap", "Layout", "autocast_output"]
 
 
 @dataclass(frozen=True)
@@ -133,11 +133,7 @@ class Layout:
 
 
 class FlatMap:
-    """``f(z, *args)`` as a map of flat ``(B, n)`` matrices; checks its output on the first call.
-
-    :meth:`rows` evaluates ``f`` on a subset of the batch only: every tensor in ``args`` whose
-    leading dimension is the batch size is sliced with it, other arguments are passed whole.
-    """
+    """``f(z, *args)`` as a map of flat ``(B, n)`` matrices; checks its output on the first call."""
 
     def __init__(self, f: Callable[..., Any], layout: Layout, args: tuple[Any, ...]) -> None:
         self.f = f
@@ -146,30 +142,19 @@ class FlatMap:
         self.checked = False
 
     def __call__(self, flat: Tensor) -> Tensor:
-        out = self._autocast_output(self.f(self.layout.unflatten(flat), *self.args))
+        out = autocast_output(self.f(self.layout.unflatten(flat), *self.args), self.layout)
         if not self.checked:
             self.layout.check(out)
             self.checked = True
         return self.layout.flatten(out)
 
-    def _autocast_output(self, out: Any) -> Any:
-        """Under autocast, ``f`` may return lower precision: bring it to the state's dtype."""
-        kind = self.layout.device.type
-        if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
-            dtype = self.layout.dtype
-            return pytree.tree_map(
-                lambda t: t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t, out
-            )
-        return out
 
-    def rows(self, flat: Tensor, index: Tensor) -> Tensor:
-        batch = self.layout.batch
-
-        def select(a: Any) -> Any:
-            if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch:
-                return a.index_select(0, index)
-            return a
-
-        args = pytree.tree_map(select, self.args)
-        out = self._autocast_output(self.f(self.layout.unflatten(flat), *args))
-        return self.layout.flatten(out)
+def autocast_output(out: Any, layout: Layout) -> Any:
+    """Under autocast, ``f`` may return lower precision: bring it to the state's dtype."""
+    kind = layout.device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        dtype = layout.dtype
+        return pytree.tree_map(
+            lambda t: t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t, out
+        )
+    return out

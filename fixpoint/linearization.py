@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.func import jvp as func_jvp
 from torch.func import vjp as func_vjp
 
+from fixpoint._transforms import samples
 from fixpoint.matvecs import record
-
-if TYPE_CHECKING:
-    from fixpoint.solvers.base import Precision
 
 __all__ = ["Linearization"]
 
@@ -28,9 +25,14 @@ def _grad(out: Tensor, inp: Tensor, cotangent: Tensor, create_graph: bool = Fals
 class Linearization:
     """``vjp(v) = Jᵀv`` and ``jvp(v) = Jv`` row by row, each product counted per sample.
 
-    Vector–Jacobian products are backward passes through the graph of ``fn``. Jacobian–vector
-    products use forward-mode AD (``torch.func.jvp``) where ``f`` supports it, else double
-    backward through the graph; if neither works the error says which estimators need neither.
+    Two modes. With ``functional=False`` vector–Jacobian products are backward passes through
+    an autograd graph of ``fn`` (given, or built on the first product), the cheapest form for a
+    first-order backward. With ``functional=True`` they come from :func:`torch.func.vjp`, so
+    they are themselves differentiable with respect to ``v``, to ``z`` and to whatever ``fn``
+    closes over, under every torch.func transform: the form the higher-order and transformed
+    derivatives use. Jacobian–vector products use forward-mode AD (:func:`torch.func.jvp`)
+    where ``f`` supports it, else the transpose of the (linear) vjp map by one more reverse
+    pass; if neither works the error says which estimators need neither.
 
     Parameters
     ----------
@@ -40,12 +42,9 @@ class Linearization:
         The point (the fixed point), ``(B, n)``.
     graph
         Optionally ``(fz, z_in)``: an autograd graph of ``fz = fn(z_in)`` built in the forward
-        pass. Without it, the first product builds one (one evaluation of ``fn``).
-    precision
-        The autocast state ``fn`` was evaluated under in the forward pass; re-evaluations use it.
+        pass (graph mode only).
     functional
-        Take every product from ``torch.func`` (``vjp``/``jvp``) instead of autograd graphs, as
-        needed under ``torch.func`` transforms.
+        Take every product from torch.func, differentiably (see above).
     """
 
     def __init__(
@@ -54,25 +53,16 @@ class Linearization:
         z: Tensor,
         graph: tuple[Tensor, Tensor] | None = None,
         *,
-        precision: Precision | None = None,
         functional: bool = False,
     ) -> None:
-        self._fn = fn
+        self.fn = fn
         self.z = z
         self.graph = graph
-        self.precision = precision
         self.functional = functional
         self._pullback: Callable[[Tensor], tuple[Tensor, ...]] | None = None
         self._transpose: tuple[Tensor, Tensor] | None = None
         self._jvp_mode: str | None = None
         self._forward_error: BaseException | None = None
-
-    def fn(self, v: Tensor) -> Tensor:
-        """``f`` at ``v`` under the forward pass's autocast state."""
-        if self.precision is None:
-            return self._fn(v)
-        with self.precision.caller():
-            return self._fn(v)
 
     def _ensure_graph(self) -> tuple[Tensor, Tensor]:
         if self.graph is None:
@@ -81,42 +71,32 @@ class Linearization:
                 self.graph = (self.fn(z_in), z_in)
         return self.graph
 
+    def _functional_pullback(self) -> Callable[[Tensor], tuple[Tensor, ...]]:
+        if self._pullback is None:
+            _, self._pullback = func_vjp(self.fn, self.z)
+        return self._pullback
+
     def vjp(self, v: Tensor) -> Tensor:
-        record("vjp", v.shape[0])
+        record("vjp", samples(v))
         if self.functional:
-            if self._pullback is None:
-                _, self._pullback = func_vjp(self.fn, self.z)
-            return self._pullback(v)[0]
+            return self._functional_pullback()(v)[0]
         fz, z_in = self._ensure_graph()
         return _grad(fz, z_in, v)
 
     def jvp(self, v: Tensor) -> Tensor:
-        record("jvp", v.shape[0])
-        if self._jvp_mode != "double-backward":
+        record("jvp", samples(v))
+        if self._jvp_mode != "transpose":
             try:
                 out = func_jvp(self.fn, (self.z,), (v,))[1]
             except (RuntimeError, NotImplementedError) as error:
-                if self._jvp_mode == "forward" or self.functional:
+                if self._jvp_mode == "forward":
                     raise
                 self._forward_error = error
             else:
                 self._jvp_mode = "forward"
                 return out
         try:
-            # Jv = ∂(Jᵀu)/∂u applied to v: the transpose of the (linear) vjp map.
-            if self._transpose is None:
-                fz, z_in = self._ensure_graph()
-                u = torch.zeros_like(fz, requires_grad=True)
-                with torch.enable_grad():
-                    self._transpose = (_grad(fz, z_in, u, create_graph=True), u)
-            ju, u = self._transpose
-            # Not allow_unused: a Jᵀu that requires grad but does not reach u is a graph
-            # that cannot be differentiated twice (e.g. once_differentiable), not J = 0.
-            out = (
-                torch.autograd.grad(ju, u, v, retain_graph=True)[0]
-                if ju.requires_grad
-                else torch.zeros_like(v)
-            )
+            out = self._transposed_vjp(v)
         except (RuntimeError, NotImplementedError) as error:
             raise RuntimeError(
                 "this estimator needs Jacobian-vector products Jv of f, but f supports neither "
@@ -124,5 +104,23 @@ class Linearization:
                 "estimator that needs only vector-Jacobian products: fp.JFB(), fp.Neumann(k), "
                 "fp.Phantom(k), fp.Implicit(solver), or fp.CG(symmetric=True) if J is symmetric"
             ) from error
-        self._jvp_mode = "double-backward"
+        self._jvp_mode = "transpose"
         return out
+
+    def _transposed_vjp(self, v: Tensor) -> Tensor:
+        """``Jv`` as ``∂(Jᵀu)/∂u`` applied to ``v``: the transpose of the linear vjp map."""
+        if self.functional:
+            pullback = self._functional_pullback()
+            _, transpose = func_vjp(lambda u: pullback(u)[0], torch.zeros_like(self.z))
+            return transpose(v)[0]
+        if self._transpose is None:
+            fz, z_in = self._ensure_graph()
+            u = torch.zeros_like(fz, requires_grad=True)
+            with torch.enable_grad():
+                self._transpose = (_grad(fz, z_in, u, create_graph=True), u)
+        ju, u = self._transpose
+        # Not allow_unused: a Jᵀu that requires grad but does not reach u is a graph that
+        # cannot be differentiated twice (e.g. once_differentiable), not J = 0.
+        if not ju.requires_grad:
+            return torch.zeros_like(v)
+        return torch.autograd.grad(ju, u, v, retain_graph=True)[0]

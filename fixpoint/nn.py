@@ -9,9 +9,11 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 from fixpoint._checks import require_instance
+from fixpoint._transforms import transforms_active, under_vmap
 from fixpoint.estimators.base import Estimator
 from fixpoint.estimators.jfb import JFB
 from fixpoint.fixed_point import fixed_point
@@ -58,7 +60,10 @@ class DEQ(nn.Module):
     ----------
     last_solution
         The :class:`~fixpoint.Solution` of the last forward pass; its ``backward`` field is filled
-        by the backward pass (mat-vecs, convergence of iterative estimators).
+        by the backward pass (mat-vecs, convergence of iterative estimators). ``None`` after a
+        call under :func:`torch.func.vmap`, whose statistics are per-sample tensors that live
+        only inside the vmapped function (use :func:`fixpoint.fixed_point` with
+        ``return_solution=True`` there).
     last_spectral_radius
         Per-sample estimate of :math:`\rho(\partial f/\partial z)` (see above), or ``None``.
 
@@ -122,21 +127,46 @@ class DEQ(nn.Module):
         """Solve ``z = f(z, x)`` from ``z0`` (default :meth:`initial_state`) and return ``z*``."""
         solver = self.solver if self.training or self.eval_solver is None else self.eval_solver
         start = self.initial_state(x) if z0 is None else z0
+        if transforms_active():
+            return self._solve_functional(x, start, solver)
         with self._one_operator():
-            return self._solve(x, start, solver)
+            return self._solve(self.f, x, start, solver)
 
-    def _solve(self, x: Any, start: Any, solver: Solver) -> Any:
+    def _solve_functional(self, x: Any, start: Any, solver: Solver) -> Any:
+        """Under torch.func: ``f``'s parameters and buffers reach it through ``args``.
+
+        They may be the tensors that :func:`torch.func.functional_call` swapped in (being
+        differentiated or vmapped, e.g. an ensemble from ``stack_module_state``), which must not
+        reach ``f`` as closures.
+        """
+        if self.spectral_radius_iters > 0:
+            raise RuntimeError(
+                "fp.nn.DEQ: spectral_radius_iters > 0 is not supported under torch.func "
+                "transforms (the estimate is kept on the module); set it to 0 there"
+            )
+        if not isinstance(self.f, nn.Module):
+            return self._solve(self.f, x, start, solver)
+        module = self.f
+        tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+        def call(z: Any, x: Any, tensors: dict[str, Tensor]) -> Any:
+            return functional_call(module, tensors, (z, x))
+
+        return self._solve(call, x, start, solver, tensors)
+
+    def _solve(self, f: Callable[..., Any], x: Any, start: Any, solver: Solver, *args: Any) -> Any:
         z, sol = fixed_point(
-            self.f,
+            f,
             start,
             x,
+            *args,
             solver=solver,
             estimator=self.estimator,
             batched=self.batched,
             return_solution=True,
             skip_converged=self.skip_converged,
         )
-        self.last_solution = sol
+        self.last_solution = None if under_vmap() else sol
         if self.training and self.spectral_radius_iters > 0:
             self.last_spectral_radius = spectral_radius(
                 self.f,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -42,6 +43,23 @@ class Status(str, enum.Enum):
         """A sentence on the likely cause and what to try."""
         return _EXPLANATIONS[self]
 
+    @property
+    def code(self) -> int:
+        """The integer of this status in :attr:`Solution.status_code` (1 to 4)."""
+        return _ORDER.index(self) + 1
+
+    @classmethod
+    def from_code(cls, code: int) -> Status:
+        """The status whose :attr:`code` is ``code``.
+
+        >>> import fixpoint as fp
+        >>> fp.Status.from_code(fp.Status.DIVERGED.code)
+        Status.DIVERGED
+        """
+        if not 1 <= int(code) <= len(_ORDER):
+            raise ValueError(f"no status has code {code!r}; codes are 1 to {len(_ORDER)}")
+        return _ORDER[int(code) - 1]
+
     def __str__(self) -> str:
         return self.value
 
@@ -65,15 +83,20 @@ _EXPLANATIONS = {
     ),
 }
 
-# Integer codes used inside the solver loop; index i of _CODES is the Status with code i + 1.
+# Integer codes of the solver loop and of Solution.status_code; 0 is a sample still running.
+_ORDER = (Status.CONVERGED, Status.MAX_ITER, Status.NONFINITE, Status.DIVERGED)
 RUNNING = 0
-_CODES = (Status.CONVERGED, Status.MAX_ITER, Status.NONFINITE, Status.DIVERGED)
-CONVERGED, MAX_ITER, NONFINITE, DIVERGED = 1, 2, 3, 4
+CONVERGED, MAX_ITER, NONFINITE, DIVERGED = (s.code for s in _ORDER)
 
 
-def status_from_codes(codes: Tensor, batched: bool) -> Status | tuple[Status, ...]:
-    values = [_CODES[int(c) - 1] for c in codes.tolist()]
-    return tuple(values) if batched else values[0]
+def status_from_codes(codes: Tensor) -> Status | tuple[Status, ...]:
+    """The :class:`Status` of each code: one status for a 0-d tensor, else a tuple."""
+    values = [_ORDER[c - 1] for c in codes.reshape(-1).tolist()]
+    return values[0] if codes.dim() == 0 else tuple(values)
+
+
+def _is_vmapped(t: Tensor) -> bool:
+    return torch._C._functorch.is_batchedtensor(t)
 
 
 @dataclass(eq=False)
@@ -143,8 +166,11 @@ class Solution:
         Residual norm of the current iterate after every step, starting with ``z0``; shape
         ``(T,)`` or ``(T, B)`` with ``T = max(iterations) + 1``. A stopped sample's entries
         stay at its last residual.
-    status
-        A :class:`Status`, or a tuple of them (one per sample) when batched.
+    status_code
+        The status as an ``int8`` tensor of the statistics' shape (see :attr:`Status.code`):
+        the form of the status that survives :func:`torch.func.vmap`.
+    aux
+        With ``has_aux=True``: the auxiliary output of ``f`` at the returned iterate.
     backward
         For :func:`fixpoint.fixed_point`: a :class:`BackwardInfo` that the backward pass fills;
         ``None`` for :func:`fixpoint.solve`.
@@ -164,15 +190,33 @@ class Solution:
     iterations: Tensor
     fevals: Tensor
     trace: Tensor
-    status: Status | tuple[Status, ...]
+    status_code: Tensor
+    aux: Any = None
     backward: BackwardInfo | None = None
+
+    @cached_property
+    def status(self) -> Status | tuple[Status, ...]:
+        """A :class:`Status`, or a tuple of them (one per sample) when batched.
+
+        Under :func:`torch.func.vmap` a Python value cannot be per sample: reading ``status``
+        there raises, and :attr:`status_code` (or :attr:`converged`) is the per-sample form.
+        """
+        if _is_vmapped(self.status_code):
+            raise RuntimeError(
+                "Solution.status is not available under torch.func.vmap: a Python value cannot "
+                "differ per vmapped sample. Use sol.status_code (an int8 tensor; "
+                "fp.Status.from_code maps a code to its Status) or sol.converged"
+            )
+        return status_from_codes(self.status_code)
 
     @property
     def batched(self) -> bool:
         """Whether this is the solution of a batched solve (``status`` is then a tuple)."""
-        return isinstance(self.status, tuple)
+        return self.status_code.dim() > 0
 
     def __repr__(self) -> str:
+        if _is_vmapped(self.status_code):
+            return "Solution(under torch.func.vmap: statistics are per-sample tensors)"
         if self.batched:
             counts: dict[str, int] = {}
             for s in self.status:

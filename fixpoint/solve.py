@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
-from fixpoint._checks import require_instance
-from fixpoint._transforms import refuse_vmap
-from fixpoint._tree import FlatMap, Layout
+from fixpoint._forward import Forward, check_inputs, no_grad_aux
 from fixpoint.solution import Solution
 from fixpoint.solvers.anderson import Anderson
 from fixpoint.solvers.base import Solver
 
-__all__ = ["check_inputs", "solve"]
-
-
-def check_inputs(f: Any, solver: Any, batched: bool = False, skip_converged: bool = False) -> None:
-    """Raise ``TypeError``/``ValueError`` for a non-callable ``f``, a non-solver ``solver`` or
-    ``skip_converged`` without ``batched``."""
-    if skip_converged and not batched:
-        raise ValueError("skip_converged=True needs batched=True: it skips samples of a batch")
-    if not callable(f):
-        raise TypeError(f"f must be callable as f(z, *args), got {type(f).__name__}")
-    require_instance(solver, Solver, "solver", "fp.Anderson()")
+__all__ = ["solve"]
 
 
 def solve(
@@ -35,6 +20,7 @@ def solve(
     solver: Solver = Anderson(),
     batched: bool = False,
     skip_converged: bool = False,
+    has_aux: bool = False,
 ) -> Solution:
     r"""Find ``z`` with ``z = f(z, *args)``; no gradient flows through the result.
 
@@ -42,11 +28,12 @@ def solve(
     ----------
     f
         The map, called as ``f(z, *args)``. It must return the structure, shapes and dtype of
-        ``z``.
+        ``z`` (with ``has_aux=True``: a pair ``(z, aux)``).
     z0
         Starting point: a floating-point tensor or a pytree (tuple/list/dict) of them.
     *args
-        Extra inputs of ``f``, passed through unchanged.
+        Extra inputs of ``f``, passed through unchanged. Under :func:`torch.func.vmap`, every
+        tensor that is vmapped must reach ``f`` through ``args`` (not a closure).
     solver
         A forward solver: :class:`~fixpoint.Picard`, :class:`~fixpoint.Anderson` (default) or
         :class:`~fixpoint.Broyden`, or your own :class:`~fixpoint.Solver`.
@@ -60,12 +47,16 @@ def solve(
         of mixed difficulty stops paying for its easy samples. Valid when the samples are
         independent (no batch statistics in ``f``); tensors in ``args`` whose leading dimension
         is the batch size are sliced with the samples, other arguments are passed whole. Results
-        and statistics are those of the full-batch solve.
+        and statistics are those of the full-batch solve. Under ``vmap`` it has no effect.
+    has_aux
+        ``f`` returns ``(z, aux)``; the solution's ``aux`` is ``aux`` at the returned iterate.
 
     Returns
     -------
     Solution
         ``value`` with the structure of ``z0``, and statistics of shape ``()`` (or ``(B,)``).
+        Under :func:`torch.func.vmap` the statistics are per-sample tensors too and the status
+        is read from :attr:`Solution.status_code`.
 
     Examples
     --------
@@ -73,28 +64,19 @@ def solve(
     >>> sol = fp.solve(torch.cos, torch.zeros(()), solver=fp.Anderson(atol=1e-10, rtol=0))
     >>> round(sol.value.item(), 6), sol.status
     (0.739085, Status.CONVERGED)
+
+    A hundred problems under ``vmap`` are one batched solve, each sample with its own stop:
+
+    >>> xs = torch.linspace(0, 1, 100)
+    >>> zs = torch.func.vmap(lambda x: fp.solve(lambda z, x: 0.5 * torch.cos(z) + x,
+    ...                                         torch.zeros(()), x).value)(xs)
+    >>> zs.shape
+    torch.Size([100])
     """
     check_inputs(f, solver, batched, skip_converged)
-    refuse_vmap("fp.solve")
-    layout = Layout.of(z0, batched)
-    fn = FlatMap(f, layout, args)
-    with torch.no_grad():
-        flat = solver.iterate(
-            fn, layout.flatten(z0).detach(), rows=fn.rows if skip_converged else None
-        )
-    return unflatten_solution(flat, layout)
-
-
-def unflatten_solution(flat: Solution, layout: Layout) -> Solution:
-    """Give a flat solution (from :meth:`Solver.iterate`) the structure of the caller's state."""
-    if layout.batch is not None:
-        return dataclasses.replace(flat, value=layout.unflatten(flat.value))
-    return Solution(
-        value=layout.unflatten(flat.value),
-        residual=flat.residual[0],
-        converged=flat.converged[0],
-        iterations=flat.iterations[0],
-        fevals=flat.fevals[0],
-        trace=flat.trace[:, 0],
-        status=flat.status[0],
-    )
+    forward = Forward.prepare(f, z0, args, batched, has_aux)
+    outs = forward.solve(forward.problem(solver, skip_converged=skip_converged), z0)
+    sol = forward.solution(outs)
+    if has_aux:
+        return forward.solution(outs, aux=no_grad_aux(forward, sol.value))
+    return sol

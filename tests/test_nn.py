@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fixpoint as fp
-from fixpoint.fixed_point import _Pullback
+from fixpoint.fixed_point import EagerPath
 
 
 class Operator(torch.nn.Module):
@@ -141,7 +141,7 @@ def test_memory_flat_over_many_steps():
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
     d, y = data()
     gc.collect()
-    before = {id(o) for o in gc.get_objects() if type(o) is _Pullback}
+    before = {id(o) for o in gc.get_objects() if type(o) is EagerPath}
     for _ in range(200):
         loss = torch.nn.functional.mse_loss(net(d), y)
         opt.zero_grad()
@@ -149,7 +149,7 @@ def test_memory_flat_over_many_steps():
         opt.step()
     del loss
     gc.collect()
-    alive = [o for o in gc.get_objects() if type(o) is _Pullback and id(o) not in before]
+    alive = [o for o in gc.get_objects() if type(o) is EagerPath and id(o) not in before]
     # last_solution keeps statistics only, not the graph of the last step.
     assert alive == []
 

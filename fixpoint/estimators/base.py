@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 from torch import Tensor
+
+from fixpoint._warnings import warn_user
 
 __all__ = ["ConvergenceWarning", "Estimate", "Estimator", "MatVec"]
 
@@ -23,10 +24,8 @@ def warn_inexact(converged: Tensor, what: str) -> None:
     """
     if not bool(converged.all()):
         bad, total = int((~converged).sum()), converged.numel()
-        warnings.warn(
-            f"{what} for {bad} of {total} samples; the gradient is inexact",
-            ConvergenceWarning,
-            stacklevel=3,
+        warn_user(
+            f"{what} for {bad} of {total} samples; the gradient is inexact", ConvergenceWarning
         )
 
 
@@ -86,6 +85,19 @@ class Estimator(ABC):
         Whether :meth:`__call__` may call ``vjp``. When ``False`` the forward pass does not keep
         the graph of ``f`` with respect to ``z`` (JFB). It is only an optimisation: a product
         asked for anyway is still computed, by recomputing ``f``.
+    solves
+        Whether :meth:`__call__` *solves* :math:`(I - J^\top) w = g` to a tolerance with a loop
+        that stops on data (like :class:`~fixpoint.CG` and :class:`~fixpoint.Implicit`). The
+        library then runs it outside of torch.func transforms, batches it itself under
+        ``vmap`` and differentiates it as the inverse it computes. ``False`` (the default)
+        means a fixed sequence of products (like :class:`~fixpoint.Neumann`), which is
+        evaluated on differentiable products and differentiated through.
+
+    Every estimator is one linear map :math:`g \mapsto w = M g`. Forward-mode derivatives
+    (``jvp``, ``jacfwd``) call the same :meth:`__call__` with the roles of ``vjp`` and ``jvp``
+    swapped, which must give :math:`M^\top u` (true for any estimator that is linear in ``g``
+    and built from the products alone, since :math:`(J^\top)^\top = J`); then ``jacfwd``
+    equals ``jacrev``.
 
     Examples
     --------
@@ -100,6 +112,7 @@ class Estimator(ABC):
     """
 
     uses_vjp: ClassVar[bool] = True
+    solves: ClassVar[bool] = False
 
     @abstractmethod
     def __call__(self, g: Tensor, vjp: MatVec, jvp: MatVec) -> Tensor | Estimate:

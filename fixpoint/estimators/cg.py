@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -48,6 +49,8 @@ class CG(Estimator):
     >>> fp.CG()(torch.ones(1, 2, dtype=torch.float64), vjp=half, jvp=half).w
     tensor([[2., 2.]], dtype=torch.float64)
     """
+
+    solves: ClassVar[bool] = True
 
     atol: float = 1e-8
     rtol: float = 1e-5

@@ -36,6 +36,9 @@ class Exact(Estimator):
         # Row i of J is Jᵀ e_i.
         jac = torch.stack([vjp(eye[i].expand(batch, n)) for i in range(n)], dim=1)
         system = eye - jac.mT
-        w = torch.linalg.solve(system, g[..., None])[..., 0]
+        # Not torch.linalg.solve: its forward-mode rule, differentiated again, drops a term
+        # (pytorch/pytorch#196695), and this solve is differentiated to every order.
+        lu, pivots = torch.linalg.lu_factor(system)
+        w = torch.linalg.lu_solve(lu, pivots, g[..., None])[..., 0]
         residual = torch.linalg.vector_norm(g - (system @ w[..., None])[..., 0], dim=1)
         return Estimate(w, torch.isfinite(w).all(1), residual, n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -37,6 +38,8 @@ class Implicit(Estimator):
     >>> est.w.round(decimals=6), bool(est.converged.all())
     (tensor([[2., 2.]], dtype=torch.float64), True)
     """
+
+    solves: ClassVar[bool] = True
 
     solver: Solver = field(default_factory=lambda: Anderson(atol=1e-8, rtol=1e-6, max_iter=100))
     warn: bool = True

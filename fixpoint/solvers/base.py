@@ -25,7 +25,6 @@ from fixpoint.solution import (
     NONFINITE,
     RUNNING,
     Solution,
-    status_from_codes,
 )
 
 __all__ = ["FlatMap", "Solver", "row_norm"]
@@ -240,7 +239,7 @@ class Solver(ABC):
             iterations=iterations,
             fevals=fevals,
             trace=torch.stack(trace),
-            status=status_from_codes(codes, batched=True),
+            status_code=codes,
         )
 
     def compact(self, state: Any, index: Tensor, batch: int) -> Any:

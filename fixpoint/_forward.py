@@ -1,0 +1,131 @@
+"""The forward path that :func:`fixpoint.solve` and :func:`fixpoint.fixed_point` share.
+
+A call ``f(z, *args)`` is split into what torch.func may transform (the tensors of ``args``:
+the *leaves*) and the rest; ``z`` is flattened to ``(rows, n)``. The solve itself is the
+:class:`~fixpoint._primitives.SolveOp` primitive, so it runs the same under every transform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import Tensor
+
+from fixpoint._checks import require_instance
+from fixpoint._primitives import SolveOp
+from fixpoint._problem import FlatProblem
+from fixpoint._tree import Layout, autocast_output
+from fixpoint.solution import BackwardInfo, Solution
+from fixpoint.solvers.base import Precision, Solver
+
+__all__ = ["Forward", "check_inputs"]
+
+
+def check_inputs(f: Any, solver: Any, batched: bool = False, skip_converged: bool = False) -> None:
+    """Raise ``TypeError``/``ValueError`` for a non-callable ``f``, a non-solver ``solver`` or
+    ``skip_converged`` without ``batched``."""
+    if skip_converged and not batched:
+        raise ValueError("skip_converged=True needs batched=True: it skips samples of a batch")
+    if not callable(f):
+        raise TypeError(f"f must be callable as f(z, *args), got {type(f).__name__}")
+    require_instance(solver, Solver, "solver", "fp.Anderson()")
+
+
+@dataclass(eq=False)
+class Forward:
+    """One call's layout, leaves and flat map, and the solve that uses them."""
+
+    f: Callable[..., Any]
+    args: tuple[Any, ...]
+    layout: Layout
+    leaves: tuple[Tensor, ...]
+    has_aux: bool
+    fn: Callable[..., Tensor]
+    precision: Precision
+
+    @classmethod
+    def prepare(
+        cls, f: Callable[..., Any], z0: Any, args: tuple[Any, ...], batched: bool, has_aux: bool
+    ) -> Forward:
+        layout = Layout.of(z0, batched)
+        flat_args, spec = pytree.tree_flatten(args)
+        where = [i for i, a in enumerate(flat_args) if isinstance(a, Tensor)]
+        leaves = tuple(flat_args[i] for i in where)
+        precision = Precision.capture(layout.device)
+        checked = False
+
+        def fn(z: Tensor, *tensors: Tensor) -> Tensor:
+            nonlocal checked
+            filled = list(flat_args)
+            for i, t in zip(where, tensors, strict=True):
+                filled[i] = t
+            with precision.caller():
+                out = f(layout.unflatten(z), *pytree.tree_unflatten(filled, spec))
+            if has_aux:
+                out = _state_of(out)
+            out = autocast_output(out, layout)
+            if not checked:
+                layout.check(out)
+                checked = True
+            return layout.flatten(out)
+
+        return cls(f, args, layout, leaves, has_aux, fn, precision)
+
+    def problem(self, solver: Solver, **options: Any) -> FlatProblem:
+        return FlatProblem(
+            self.fn, solver, self.precision, single=self.layout.batch is None, **options
+        )
+
+    def solve(self, problem: FlatProblem, z0: Any) -> tuple[Tensor, ...]:
+        """Run :class:`SolveOp`: ``(z*, residual, converged, iterations, fevals, trace, codes)``."""
+        return SolveOp.apply(problem, self.layout.flatten(z0), *self.leaves)
+
+    def aux(self, z: Any, args: tuple[Any, ...] | None = None) -> Any:
+        """``f``'s auxiliary output at ``z`` (with ``args``, default the call's arguments)."""
+        out = self.f(z, *(self.args if args is None else args))
+        return out[1]
+
+    def solution(
+        self, outs: tuple[Tensor, ...], aux: Any = None, backward: BackwardInfo | None = None
+    ) -> Solution:
+        """The caller-facing :class:`Solution` of :meth:`solve`'s outputs."""
+        value, residual, converged, iterations, fevals, trace, codes = outs
+        if self.layout.batch is None:
+            residual, converged, iterations, fevals, codes = (
+                t[0] for t in (residual, converged, iterations, fevals, codes)
+            )
+            trace = trace[:, 0]
+        return Solution(
+            value=self.layout.unflatten(value),
+            residual=residual,
+            converged=converged,
+            iterations=iterations,
+            fevals=fevals,
+            trace=trace,
+            status_code=codes,
+            aux=aux,
+            backward=backward,
+        )
+
+
+def _state_of(out: Any) -> Any:
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(
+            "has_aux=True: f must return a pair (z, aux), got "
+            f"{type(out).__name__}{f' of length {len(out)}' if isinstance(out, tuple) else ''}"
+        )
+    return out[0]
+
+
+def detach_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return pytree.tree_map(lambda a: a.detach() if isinstance(a, Tensor) else a, args)
+
+
+def no_grad_aux(forward: Forward, value: Any) -> Any:
+    """The auxiliary output at the solution, as a constant (for :func:`fixpoint.solve`)."""
+    with torch.no_grad():
+        return forward.aux(value, detach_args(forward.args))
