@@ -6,8 +6,8 @@
 Sections: H-equation against scipy.optimize; DEQ conv operator against torchdeq (forward and
 backward, skipped when torchdeq is not installed); solver overhead; backward cost of each
 estimator in vjps; peak memory against forward iterations; skipping converged samples;
-torch.compile; the Table 2 training ratio. Each section is also a module you can run alone
-(``python -m benchmarks.h_equation`` etc.).
+vmap(fp.solve) against a batched solve; torch.compile; the Table 2 training ratio. Each section
+is also a module you can run alone (``python -m benchmarks.h_equation`` etc.).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from benchmarks import (  # noqa: E402
     peers_deq,
     skipping,
     training,
+    vmapping,
 )
 from benchmarks.common import Ratio, format_ratios  # noqa: E402
 
@@ -44,6 +45,7 @@ SECTIONS = {
     "backward": lambda quick: backward.run(quick=quick),
     "memory": memory.run,
     "skipping": skipping.run,
+    "vmapping": vmapping.run,
     "training": training.run,
     "compile": compile_speedup.run,  # last: inductor's worker processes start here
 }

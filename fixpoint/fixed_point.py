@@ -206,11 +206,14 @@ def _refuse_closures_under_transforms(
     Its derivative would silently be missing: under torch.func, only the leaves are inputs of
     the primitive. One evaluation of ``f`` on detached inputs tells.
     """
+    transforms = set(active_transforms())
+    if not torch.is_grad_enabled() and "jvp" not in transforms:
+        return  # no derivative is wanted
     with torch.enable_grad():
         probe = problem.fn(z_star.detach(), *(leaf.detach() for leaf in leaves))
     kind = closure_kind(probe)
-    only_vmap = set(active_transforms()) == {"vmap"}
-    if kind == "transformed" or (kind == "autograd" and only_vmap and torch.is_grad_enabled()):
+    only_vmap = transforms == {"vmap"}
+    if kind == "transformed" or (kind == "autograd" and only_vmap):
         what = (
             "a tensor that a torch.func transform is differentiating"
             if kind == "transformed"

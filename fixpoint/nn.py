@@ -32,6 +32,11 @@ class DEQ(nn.Module):
     starting point. The batch is the leading dimension (``batched=True``), so statistics are
     per sample. Gradients reach ``f``'s parameters and ``x`` (and whatever produced ``x``).
 
+    Under torch.func transforms (``functional_call`` with ``grad``, ``vmap``, ``jacrev``, ...,
+    e.g. per-sample gradients or an ensemble from ``stack_module_state``) the parameters and
+    buffers of ``f`` are passed to it explicitly, so the transforms act on them; parametrizations
+    are then evaluated at each call of ``f`` (use eval mode for ``spectral_norm`` under ``vmap``).
+
     Parameters
     ----------
     f

@@ -13,11 +13,12 @@ from fixpoint.estimators.base import MatVec
 @dataclass(frozen=True)
 class AdaptiveNeumann(fp.Estimator):
     """w = Σᵢ (Jᵀ)ⁱ g, per sample until ‖(Jᵀ)ⁱ g‖ ≤ rtol·‖g‖, with at most max_iter vjps.
-
-    The residual of w = Σ_{i<k} (Jᵀ)ⁱ g is g − (I − Jᵀ) w = (Jᵀ)ᵏ g, the first term left out,
-    so the stopping test measures the error of the linear system exactly.
+    The residual of w = Σ_{i<k} (Jᵀ)ⁱ g is g − (I − Jᵀ) w = (Jᵀ)ᵏ g, the first term left out:
+    the stopping test measures the error of the linear system exactly. It solves the system in
+    a loop that stops on data, so it declares solves = True.
     """
 
+    solves = True  # a class variable, not a field
     rtol: float = 1e-6
     max_iter: int = 100
 

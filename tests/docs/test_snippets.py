@@ -221,3 +221,36 @@ def test_adaptive_neumann_in_a_backward_pass():
     torch.testing.assert_close(ours, exact, rtol=1e-8, atol=1e-10)
     assert bool(info.converged.all()) and info.residual.max() < 1e-8
     assert info.vjp == count.vjp == 4 * info.iterations
+
+
+def test_adaptive_neumann_under_torch_func():
+    """solves = True: its data-dependent loop batches under vmap and is differentiated as the
+    inverse it computes, so jacfwd = jacrev = the dense implicit Jacobian."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    w = 0.6 * w / torch.linalg.matrix_norm(w, 2)
+
+    def f(z, x):
+        return torch.tanh(z @ w.T + x)
+
+    def z_of(x):
+        return fp.fixed_point(
+            f,
+            torch.zeros(4, dtype=torch.float64),
+            x,
+            solver=fp.Anderson(**TIGHT),
+            estimator=AdaptiveNeumann(rtol=1e-13, max_iter=500),
+        )
+
+    x = torch.randn(4, generator=gen, dtype=torch.float64)
+    z = z_of(x).detach()
+    jz = torch.func.jacrev(f)(z, x)
+    jx = torch.func.jacrev(f, argnums=1)(z, x)
+    dense = torch.linalg.solve(torch.eye(4, dtype=torch.float64) - jz, jx)
+    forward, reverse = torch.func.jacfwd(z_of)(x), torch.func.jacrev(z_of)(x)
+    torch.testing.assert_close(forward, dense, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(reverse, dense, atol=1e-10, rtol=1e-8)
+    xs = torch.stack([x, -x, 2 * x])
+    grads = torch.func.vmap(torch.func.grad(lambda x: z_of(x).sum()))(xs)
+    for i in range(3):
+        torch.testing.assert_close(grads[i], torch.func.grad(lambda x: z_of(x).sum())(xs[i]))

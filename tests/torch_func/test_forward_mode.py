@@ -89,3 +89,23 @@ def test_forward_over_forward_is_refused(estimator):
     v = torch.ones(3, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="hessian"):
         jvp(lambda x: jvp(lambda y: z_of(p.w, y), (x,), (v,))[1], (p.x,), (v,))
+
+
+class TwoTerms(fp.Estimator):
+    """A user's polynomial estimator: w = g + Jᵀg, so M = I + Jᵀ."""
+
+    def __call__(self, g, vjp, jvp):
+        return g + vjp(g)
+
+
+def test_a_users_estimator_gets_forward_mode_and_vmap_for_free():
+    """Linear in g and built from the two products: jacfwd = jacrev = (I + J) ∂f/∂x, with no
+    forward-mode code of its own."""
+    p = Params(4, 0.6, seed=12)
+    z = p.solve()
+    jz = jacrev(p.map, argnums=0)(z, p.w, p.x)
+    dense = (torch.eye(4, dtype=torch.float64) + jz) @ jacrev(p.map, argnums=2)(z, p.w, p.x)
+    z_of = solution_map(p, TwoTerms())
+    forward = jacfwd(lambda x: z_of(p.w, x))(p.x)
+    torch.testing.assert_close(forward, jacrev(lambda x: z_of(p.w, x))(p.x), atol=1e-12, rtol=0)
+    torch.testing.assert_close(forward, dense, atol=1e-10, rtol=1e-8)
