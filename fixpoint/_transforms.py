@@ -75,7 +75,7 @@ def samples(v: Tensor) -> int:
 
 def escaped_tensor_error(name: str, error: BaseException) -> RuntimeError | None:
     """The error to raise instead of torch's when ``f`` closed over a transformed tensor."""
-    if "escaped" not in str(error) and "wrapped" not in str(error).lower():
+    if "escaped" not in str(error):
         return None
     return RuntimeError(
         f"{name}: f uses a tensor that a torch.func transform (vmap, grad, jvp, ...) is "

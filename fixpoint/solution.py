@@ -103,9 +103,12 @@ def _is_vmapped(t: Tensor) -> bool:
 class BackwardInfo:
     """What the gradient estimator did in the last backward pass through a fixed point.
 
-    Filled (and overwritten) each time gradients flow back through
-    :func:`fixpoint.fixed_point`; ``calls`` says how many times that happened. Tensors have
-    shape ``()`` or ``(B,)`` like the :class:`Solution`'s statistics.
+    Filled (and overwritten) each time the estimator runs for :func:`fixpoint.fixed_point`
+    (a backward pass, or a forward-mode tangent); ``calls`` says how many times that happened.
+    Tensors have shape ``()`` or ``(B,)`` like the :class:`Solution`'s statistics. Under
+    :func:`torch.func.vmap` (``jacrev`` too) an iterative estimator solves for all vmapped
+    samples at once, and its tensors have one entry per row of that solve; a direct estimator
+    run on transformed tensors leaves them ``None``.
 
     Attributes
     ----------

@@ -63,8 +63,11 @@ def test_double_backward_equals_hessian(estimator):
     x = p.x.clone().requires_grad_()
     z = fp.fixed_point(p.map, p.z0(), p.w, x, solver=TIGHT, estimator=estimator)
     (gx,) = torch.autograd.grad(loss(z, p.c), x, create_graph=True)
-    rows = [torch.autograd.grad(gx[i], x, retain_graph=True)[0] for i in range(4)]
-    torch.testing.assert_close(torch.stack(rows), dense_rule_hessian_x(p, estimator))
+    rows = torch.stack([torch.autograd.grad(gx[i], x, retain_graph=True)[0] for i in range(4)])
+    torch.testing.assert_close(rows, dense_rule_hessian_x(p, estimator))
+    if estimator in EXACT:
+        fd = finite_difference_jacobian(grad(loss_of_x(p, estimator)), p.x)
+        torch.testing.assert_close(rows, fd, atol=1e-6, rtol=1e-6)
 
 
 def test_hessian_vector_product_forward_over_reverse():
