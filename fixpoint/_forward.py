@@ -7,6 +7,7 @@ the *leaves*) and the rest; ``z`` is flattened to ``(rows, n)``. The solve itsel
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,9 @@ import torch.utils._pytree as pytree
 from torch import Tensor
 
 from fixpoint._checks import require_instance
-from fixpoint._primitives import SolveOp
+from fixpoint._primitives import SolveOp, solve_flat
 from fixpoint._problem import FlatProblem
+from fixpoint._transforms import forward_ad_active, transforms_active
 from fixpoint._tree import Layout, autocast_output
 from fixpoint.solution import BackwardInfo, Solution
 from fixpoint.solvers.base import Precision, Solver
@@ -60,11 +62,18 @@ class Forward:
 
         def fn(z: Tensor, *tensors: Tensor) -> Tensor:
             nonlocal checked
-            filled = list(flat_args)
-            for i, t in zip(where, tensors, strict=True):
-                filled[i] = t
-            with precision.caller():
-                out = f(layout.unflatten(z), *pytree.tree_unflatten(filled, spec))
+            if all(map(operator.is_, tensors, leaves)):
+                call_args = args  # the caller's own tensors: no need to rebuild the pytree
+            else:
+                filled = list(flat_args)
+                for i, t in zip(where, tensors, strict=True):
+                    filled[i] = t
+                call_args = pytree.tree_unflatten(filled, spec)
+            if precision.enabled:
+                with precision.caller():
+                    out = f(layout.unflatten(z), *call_args)
+            else:
+                out = f(layout.unflatten(z), *call_args)
             if has_aux:
                 out = _state_of(out)
             out = autocast_output(out, layout)
@@ -81,8 +90,16 @@ class Forward:
         )
 
     def solve(self, problem: FlatProblem, z0: Any) -> tuple[Tensor, ...]:
-        """Run :class:`SolveOp`: ``(z*, residual, converged, iterations, fevals, trace, codes)``."""
-        return SolveOp.apply(problem, self.layout.flatten(z0), *self.leaves)
+        """Run :class:`SolveOp`: ``(z*, residual, converged, iterations, fevals, trace, codes)``.
+
+        With no transform and no forward-mode tangent about, its outputs need no autograd
+        node: the solve runs directly.
+        """
+        z0_flat = self.layout.flatten(z0)
+        if transforms_active() or forward_ad_active():
+            return SolveOp.apply(problem, z0_flat, *self.leaves)
+        with torch.no_grad():
+            return solve_flat(problem, z0_flat, self.leaves)
 
     def aux(self, z: Any, args: tuple[Any, ...] | None = None) -> Any:
         """``f``'s auxiliary output at ``z`` (with ``args``, default the call's arguments)."""

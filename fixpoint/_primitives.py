@@ -33,6 +33,7 @@ from fixpoint._transforms import (
     escaped_tensor_error,
     is_transformed,
     refuse_forward_over_forward,
+    transforms_active,
 )
 from fixpoint._warnings import warn_user
 from fixpoint.estimators.base import ConvergenceWarning, Estimate, MatVec
@@ -40,7 +41,15 @@ from fixpoint.linearization import Linearization
 from fixpoint.matvecs import count_matvecs
 from fixpoint.solution import CONVERGED, status_from_codes
 
-__all__ = ["ImplicitOp", "LinearSolveOp", "SolveOp", "adjoint", "run_estimator"]
+__all__ = [
+    "ImplicitOp",
+    "LinearSolveOp",
+    "SolveOp",
+    "adjoint",
+    "apply",
+    "run_estimator",
+    "solve_flat",
+]
 
 
 class SolveOp(torch.autograd.Function):
@@ -52,34 +61,7 @@ class SolveOp(torch.autograd.Function):
 
     @staticmethod
     def forward(problem: FlatProblem, z0: Tensor, *leaves: Tensor) -> tuple[Tensor, ...]:
-        leaves = tuple(leaf.detach() for leaf in leaves)
-        fn = problem.at(leaves)
-
-        def checked(z: Tensor) -> Tensor:
-            out = fn(z)
-            if is_transformed(out):
-                raise RuntimeError("escaped: f returned a transformed tensor")
-            return out
-
-        rows = problem.rows_at(leaves, z0.shape[0])
-        try:
-            sol = problem.solver.iterate(checked, z0.detach(), rows=rows)
-        except RuntimeError as error:
-            clear = escaped_tensor_error(_caller(problem), error)
-            if clear is None:
-                raise
-            raise clear from error
-        if problem.warn:
-            _warn_unconverged(sol.status_code)
-        return (
-            sol.value,
-            sol.residual,
-            sol.converged,
-            sol.iterations,
-            sol.fevals,
-            sol.trace,
-            sol.status_code,
-        )
+        return solve_flat(problem, z0, tuple(leaf.detach() for leaf in leaves))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -253,6 +235,49 @@ class LinearSolveOp(torch.autograd.Function):
             *leaves,
         )
         return split_rows(w, size), 0
+
+
+def solve_flat(problem: FlatProblem, z0: Tensor, leaves: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The forward solve of :class:`SolveOp`, run directly when no transform is active."""
+    fn = problem.at(leaves)
+
+    def checked(z: Tensor) -> Tensor:
+        out = fn(z)
+        if is_transformed(out):
+            raise RuntimeError("escaped: f returned a transformed tensor")
+        return out
+
+    rows = problem.rows_at(leaves, z0.shape[0])
+    try:
+        sol = problem.solver.iterate(checked, z0.detach(), rows=rows)
+    except RuntimeError as error:
+        clear = escaped_tensor_error(_caller(problem), error)
+        if clear is None:
+            raise
+        raise clear from error
+    if problem.warn:
+        _warn_unconverged(sol.status_code)
+    return (
+        sol.value,
+        sol.residual,
+        sol.converged,
+        sol.iterations,
+        sol.fevals,
+        sol.trace,
+        sol.status_code,
+    )
+
+
+def apply(op: type[torch.autograd.Function], *args: Any) -> Any:
+    """``op.apply(*args)``, without its per-call signature binding when no transform is active.
+
+    ``Function.apply`` binds the arguments to ``forward``'s signature with :mod:`inspect` (for
+    torch.func) at every call, which costs as much as a few small operations; in eager mode the
+    plain autograd path is all that is needed.
+    """
+    if transforms_active():
+        return op.apply(*args)
+    return super(torch.autograd.Function, op).apply(*args)  # type: ignore[misc]
 
 
 def adjoint(

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from fixpoint._checks import require_instance
 from fixpoint._forward import Forward, check_inputs, detach_args
-from fixpoint._primitives import ImplicitOp, run_estimator
+from fixpoint._primitives import ImplicitOp, apply, run_estimator
 from fixpoint._problem import FlatProblem
 from fixpoint._transforms import (
     active_transforms,
@@ -166,7 +166,7 @@ def _attach_eager(
     graph = (fz, z_in) if estimator.uses_vjp else None
     eager = EagerPath(fz, z_in, Linearization(problem.at(constants), z_star, graph=graph))
     problem = dataclasses.replace(problem, eager=eager)
-    return ImplicitOp.apply(problem, z_star, fz, *leaves)
+    return apply(ImplicitOp, problem, z_star, fz, *leaves)
 
 
 @dataclass(eq=False)
