@@ -17,9 +17,8 @@ import torch.utils._pytree as pytree
 from torch import Tensor
 
 from fixpoint._checks import require_instance
-from fixpoint._primitives import SolveOp, solve_flat
+from fixpoint._primitives import solve
 from fixpoint._problem import FlatProblem
-from fixpoint._transforms import forward_ad_active, transforms_active
 from fixpoint._tree import Layout, autocast_output
 from fixpoint.solution import BackwardInfo, Solution
 from fixpoint.solvers.base import Precision, Solver
@@ -95,11 +94,7 @@ class Forward:
         With no transform and no forward-mode tangent about, its outputs need no autograd
         node: the solve runs directly.
         """
-        z0_flat = self.layout.flatten(z0)
-        if transforms_active() or forward_ad_active():
-            return SolveOp.apply(problem, z0_flat, *self.leaves)
-        with torch.no_grad():
-            return solve_flat(problem, z0_flat, self.leaves)
+        return solve(problem, self.layout.flatten(z0), self.leaves)
 
     def aux(self, z: Any, args: tuple[Any, ...] | None = None) -> Any:
         """``f``'s auxiliary output at ``z`` (with ``args``, default the call's arguments)."""

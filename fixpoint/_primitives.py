@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._functorch.autograd_function import custom_function_call
 from torch.func import grad as func_grad
 from torch.func import jvp as func_jvp
 from torch.func import vjp as func_vjp
@@ -31,6 +32,7 @@ from torch.func import vjp as func_vjp
 from fixpoint._problem import FlatProblem, rows_first, split_rows
 from fixpoint._transforms import (
     escaped_tensor_error,
+    forward_ad_active,
     is_transformed,
     refuse_forward_over_forward,
     transforms_active,
@@ -81,7 +83,7 @@ class SolveOp(torch.autograd.Function):
     ) -> tuple[tuple[Tensor, ...], tuple[int, ...]]:
         size = info.batch_size
         batched = problem.batch(in_dims[2:], size, info.randomness)
-        outs = SolveOp.apply(batched, rows_first(z0, in_dims[1], size), *leaves)
+        outs = solve(batched, rows_first(z0, in_dims[1], size), leaves)
         dims = (0, 0, 0, 0, 0, 1, 0)  # the trace is (steps, rows)
         return tuple(split_rows(t, size, d) for t, d in zip(outs, dims, strict=True)), dims
 
@@ -133,7 +135,7 @@ class ImplicitOp(torch.autograd.Function):
         z_star, hook, *leaves = ctx.saved_tensors
         problem: FlatProblem = ctx.problem
         # z* with its own derivative, for the transforms outside this one.
-        z = ImplicitOp.apply(problem, z_star, hook, *leaves)
+        z = apply(ImplicitOp, problem, z_star, hook, *leaves)
         if dhook is not None:
             u = dhook  # (∂f/∂θ) θ̇ for everything f uses, closed-over tensors included
         else:
@@ -170,7 +172,7 @@ class LinearSolveOp(torch.autograd.Function):
     def backward(ctx: Any, u: Tensor) -> tuple[Tensor | None, ...]:
         w, z, *leaves = ctx.saved_tensors
         problem: FlatProblem = ctx.problem
-        lam = LinearSolveOp.apply(problem, not ctx.transposed, u, z, *leaves)
+        lam = apply(LinearSolveOp, problem, not ctx.transposed, u, z, *leaves)
         need_z = ctx.needs_input_grad[3]
         wanted = [i for i, need in enumerate(ctx.needs_input_grad[4:]) if need]
         grads: list[Tensor | None] = [None] * (1 + len(leaves))
@@ -213,7 +215,7 @@ class LinearSolveOp(torch.autograd.Function):
             rhs = dk_w if rhs is None else rhs + dk_w
         if rhs is None:
             return torch.zeros_like(w)
-        return LinearSolveOp.apply(problem, ctx.transposed, rhs, z, *leaves)
+        return apply(LinearSolveOp, problem, ctx.transposed, rhs, z, *leaves)
 
     @staticmethod
     def vmap(
@@ -227,7 +229,8 @@ class LinearSolveOp(torch.autograd.Function):
     ) -> tuple[Tensor, int]:
         size = info.batch_size
         batched = problem.batch(in_dims[4:], size, info.randomness)
-        w = LinearSolveOp.apply(
+        w = apply(
+            LinearSolveOp,
             batched,
             transposed,
             rows_first(rhs, in_dims[2], size),
@@ -269,15 +272,24 @@ def solve_flat(problem: FlatProblem, z0: Tensor, leaves: tuple[Tensor, ...]) -> 
 
 
 def apply(op: type[torch.autograd.Function], *args: Any) -> Any:
-    """``op.apply(*args)``, without its per-call signature binding when no transform is active.
+    """``op.apply(*args)``, without its per-call signature binding.
 
-    ``Function.apply`` binds the arguments to ``forward``'s signature with :mod:`inspect` (for
-    torch.func) at every call, which costs as much as a few small operations; in eager mode the
-    plain autograd path is all that is needed.
+    ``Function.apply`` binds the arguments to ``forward``'s signature with :mod:`inspect` at
+    every call (to normalise keyword and default arguments, which these primitives do not
+    have), which costs as much as a few small operations. The rest is what it does: the
+    torch.func dispatch under transforms, the plain autograd path otherwise.
     """
     if transforms_active():
-        return op.apply(*args)
+        return custom_function_call(op, *args)
     return super(torch.autograd.Function, op).apply(*args)  # type: ignore[misc]
+
+
+def solve(problem: FlatProblem, z0: Tensor, leaves: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """:class:`SolveOp`, run directly when no transform or tangent is about."""
+    if transforms_active() or forward_ad_active():
+        return apply(SolveOp, problem, z0, *leaves)
+    with torch.no_grad():
+        return solve_flat(problem, z0, tuple(leaves))
 
 
 def adjoint(
@@ -294,7 +306,7 @@ def adjoint(
     """
     assert problem.estimator is not None
     if problem.estimator.solves:
-        return LinearSolveOp.apply(problem, transposed, g, z, *leaves)
+        return apply(LinearSolveOp, problem, transposed, g, z, *leaves)
     lin = Linearization(problem.at(leaves), z, functional=True)
     vjp, jvp = (lin.jvp, lin.vjp) if transposed else (lin.vjp, lin.jvp)
     return run_estimator(problem, g, vjp, jvp)

@@ -131,7 +131,7 @@ def fixed_point(
     z_star = outs[0]
     if transforms_active():
         _refuse_closures_under_transforms(problem, z_star, forward.leaves)
-        z_flat = ImplicitOp.apply(problem, z_star, None, *forward.leaves)
+        z_flat = apply(ImplicitOp, problem, z_star, None, *forward.leaves)
     else:
         z_flat = _attach_eager(problem, z_star, forward.leaves, f)
     z = forward.layout.unflatten(z_flat)
