@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch._functorch.autograd_function import custom_function_call
+from torch._functorch.utils import unwrap_dead_wrappers
 from torch.func import grad as func_grad
 from torch.func import jvp as func_jvp
 from torch.func import vjp as func_vjp
@@ -281,6 +282,10 @@ def apply(op: type[torch.autograd.Function], *args: Any) -> Any:
     """
     if transforms_active():
         return custom_function_call(op, *args)
+    if any(isinstance(a, Tensor) and is_transformed(a) for a in args):
+        # A wrapper of a transform that has ended (a vjp_fn called after its vjp), as
+        # Function.apply does.
+        args = unwrap_dead_wrappers(args)
     return super(torch.autograd.Function, op).apply(*args)  # type: ignore[misc]
 
 
