@@ -9,7 +9,10 @@ from torch._C import _functorch
 
 __all__ = [
     "active_transforms",
+    "closure_kind",
+    "escaped_tensor_error",
     "forward_ad_active",
+    "is_transformed",
     "refuse_forward_over_forward",
     "samples",
     "transforms_active",

@@ -13,6 +13,7 @@ from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 from fixpoint._checks import require_instance
+from fixpoint._forward import detach_args
 from fixpoint._transforms import transforms_active, under_vmap
 from fixpoint.estimators.base import Estimator
 from fixpoint.estimators.jfb import JFB
@@ -176,7 +177,7 @@ class DEQ(nn.Module):
             self.last_spectral_radius = spectral_radius(
                 self.f,
                 sol.value,
-                pytree.tree_map(_detach, x),
+                detach_args(x),
                 iters=self.spectral_radius_iters,
                 batched=self.batched,
             )
@@ -210,7 +211,3 @@ class DEQ(nn.Module):
         if self.eval_solver is not None:
             parts.append(f"eval_solver={self.eval_solver!r}")
         return ", ".join(parts)
-
-
-def _detach(x: Any) -> Any:
-    return x.detach() if isinstance(x, Tensor) else x
