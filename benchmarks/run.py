@@ -5,7 +5,8 @@
 
 Sections: H-equation against scipy.optimize; DEQ conv operator against torchdeq (forward and
 backward, skipped when torchdeq is not installed); solver overhead; backward cost of each
-estimator in vjps; peak memory against forward iterations; skipping converged samples;
+estimator in vjps; peak memory against forward iterations (training steps, and solves of 10⁶
+unknowns); skipping converged samples;
 vmap(fp.solve) against a batched solve; torch.compile; the Table 2 training ratio. Each section
 is also a module you can run alone (``python -m benchmarks.h_equation`` etc.).
 """
@@ -34,6 +35,7 @@ from benchmarks import (  # noqa: E402
     memory,
     peers_deq,
     skipping,
+    solver_memory,
     training,
     vmapping,
 )
@@ -44,6 +46,7 @@ SECTIONS = {
     "peers_deq": peers_deq.run,
     "backward": lambda quick: backward.run(quick=quick),
     "memory": memory.run,
+    "solver_memory": solver_memory.run,
     "skipping": skipping.run,
     "vmapping": vmapping.run,
     "training": training.run,

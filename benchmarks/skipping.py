@@ -43,7 +43,9 @@ def run(quick: bool = False) -> tuple[list[Ratio], str]:
 
     def solve(skip: bool) -> fp.Solution:
         with torch.no_grad():
-            return fp.solve(f, z0, x, scale, solver=solver, batched=True, skip_converged=skip)
+            return fp.solve(
+                f, z0, x, scale, solver=solver, batched=True, skip_converged=skip, in_dims=(0, 0)
+            )
 
     full, skipped = solve(False), solve(True)
     torch.testing.assert_close(skipped.value, full.value, atol=1e-5, rtol=0)

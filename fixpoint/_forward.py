@@ -29,6 +29,10 @@ __all__ = ["Forward", "check_inputs"]
 def check_inputs(f: Any, solver: Any, batched: bool = False, skip_converged: bool = False) -> None:
     """Raise ``TypeError``/``ValueError`` for a non-callable ``f``, a non-solver ``solver`` or
     ``skip_converged`` without ``batched``."""
+    if not isinstance(batched, bool):
+        raise TypeError(f"batched must be a bool, got {batched!r}")
+    if not isinstance(skip_converged, bool):
+        raise TypeError(f"skip_converged must be a bool, got {skip_converged!r}")
     if skip_converged and not batched:
         raise ValueError("skip_converged=True needs batched=True: it skips samples of a batch")
     if not callable(f):
@@ -57,10 +61,8 @@ class Forward:
         where = [i for i, a in enumerate(flat_args) if isinstance(a, Tensor)]
         leaves = tuple(flat_args[i] for i in where)
         precision = Precision.capture(layout.device)
-        checked = False
 
         def fn(z: Tensor, *tensors: Tensor) -> Tensor:
-            nonlocal checked
             if all(map(operator.is_, tensors, leaves)):
                 call_args = args  # the caller's own tensors: no need to rebuild the pytree
             else:
@@ -76,16 +78,37 @@ class Forward:
             if has_aux:
                 out = _state_of(out)
             out = autocast_output(out, layout)
-            if not checked:
-                layout.check(out)
-                checked = True
+            layout.check(out, rows=z.shape[0])
             return layout.flatten(out)
 
         return cls(f, args, layout, leaves, has_aux, fn, precision)
 
-    def problem(self, solver: Solver, **options: Any) -> FlatProblem:
+    def problem(
+        self,
+        solver: Solver,
+        *,
+        skip_converged: bool = False,
+        in_dims: tuple[Any, ...] | None = None,
+        **options: Any,
+    ) -> FlatProblem:
+        per_sample = per_sample_leaves(self.args, in_dims, self.layout.batch)
+        if skip_converged and per_sample is None:
+            if self.leaves:
+                raise ValueError(
+                    "skip_converged=True needs in_dims: say which arguments of f have the batch "
+                    "as their leading dimension (they are sliced with the samples still "
+                    "iterating) and which are shared, one entry per argument after z, e.g. "
+                    f"in_dims={(0,) + (None,) * (len(self.args) - 1)}"
+                )
+            per_sample = ()
         return FlatProblem(
-            self.fn, solver, self.precision, single=self.layout.batch is None, **options
+            self.fn,
+            solver,
+            self.precision,
+            single=self.layout.batch is None,
+            skip_converged=skip_converged,
+            per_sample=per_sample or (),
+            **options,
         )
 
     def solve(self, problem: FlatProblem, z0: Any) -> tuple[Tensor, ...]:
@@ -122,6 +145,44 @@ class Forward:
             aux=aux,
             backward=backward,
         )
+
+
+def per_sample_leaves(
+    args: tuple[Any, ...], in_dims: tuple[Any, ...] | None, batch: int | None
+) -> tuple[bool, ...] | None:
+    """For each tensor of ``args`` (in leaf order), whether ``in_dims`` marks it per-sample.
+
+    ``in_dims`` has one entry per argument: ``0`` (the argument's tensors have the batch as
+    their leading dimension), ``None`` (shared), or a pytree of those matching the argument.
+    """
+    if in_dims is None:
+        return None
+    if not isinstance(in_dims, tuple) or len(in_dims) != len(args):
+        raise ValueError(
+            "in_dims must be a tuple with one entry per argument of f after z "
+            f"({len(args)} here), each 0 (per-sample) or None (shared); got {in_dims!r}"
+        )
+    flags = []
+    for position, (arg, dims) in enumerate(zip(args, in_dims, strict=True)):
+        leaves, spec = pytree.tree_flatten(arg)
+        per_leaf = pytree._broadcast_to_and_flatten(dims, spec)
+        if per_leaf is None:
+            raise ValueError(
+                f"in_dims[{position}] = {dims!r} does not match argument {position}: give 0, "
+                "None, or a pytree of them with the argument's structure"
+            )
+        for leaf, dim in zip(leaves, per_leaf, strict=True):
+            if dim not in (0, None) or isinstance(dim, bool):
+                raise ValueError(f"in_dims entries must be 0 or None, got {dim!r}")
+            if not isinstance(leaf, Tensor):
+                continue
+            if dim == 0 and (leaf.dim() == 0 or leaf.shape[0] != batch):
+                raise ValueError(
+                    f"in_dims marks a tensor of argument {position} as per-sample, but its "
+                    f"shape {tuple(leaf.shape)} does not start with the batch size {batch}"
+                )
+            flags.append(dim == 0)
+    return tuple(flags)
 
 
 def _state_of(out: Any) -> Any:

@@ -43,6 +43,7 @@ from fixpoint.estimators.base import ConvergenceWarning, Estimate, MatVec
 from fixpoint.linearization import Linearization
 from fixpoint.matvecs import count_matvecs
 from fixpoint.solution import CONVERGED, status_from_codes
+from fixpoint.solvers.base import row_norm
 
 __all__ = [
     "ImplicitOp",
@@ -259,6 +260,8 @@ def solve_flat(problem: FlatProblem, z0: Tensor, leaves: tuple[Tensor, ...]) -> 
         if clear is None:
             raise
         raise clear from error
+    if rows is not None:
+        _verify_converged(problem, sol, fn)
     if problem.warn:
         _warn_unconverged(sol.status_code)
     return (
@@ -379,6 +382,27 @@ def _push_forward(
         tuple(leaves[i] for i in moving),
         tuple(tangents[i] for i in moving),
     )[1]
+
+
+def _verify_converged(problem: FlatProblem, sol: Any, fn: Callable[[Tensor], Tensor]) -> None:
+    """After a solve that evaluated ``f`` on some rows only: check it on the whole batch.
+
+    A row reported converged must be within tolerance when ``f`` sees every sample (up to the
+    rounding of a different evaluation); otherwise ``f`` is not row-independent or ``in_dims``
+    is wrong, and the statuses cannot be trusted.
+    """
+    z = sol.value
+    fz = fn(z)
+    residual = row_norm(fz - z)
+    rounding = 16 * torch.finfo(residual.dtype).eps * (row_norm(fz) + row_norm(z))
+    wrong = sol.converged & ~(residual <= problem.solver.tolerance(z) + rounding)
+    if bool(wrong.any()):
+        raise RuntimeError(
+            f"skip_converged: {int(wrong.sum())} samples were converged when f saw only the "
+            "samples still iterating, but not when it sees the whole batch (residual "
+            f"{residual[wrong].max().item():.3g}). f must treat the samples independently (no "
+            "batch statistics), and in_dims must mark exactly the per-sample arguments"
+        )
 
 
 def _caller(problem: FlatProblem) -> str:

@@ -40,7 +40,8 @@ class FlatProblem:
     info
         Filled with what the estimator did each time it runs.
     skip_converged
-        Evaluate ``fn`` on the rows still iterating only (see :func:`fixpoint.solve`).
+        Evaluate ``fn`` on the rows still iterating only (see :func:`fixpoint.solve`); then
+        ``per_sample`` says which leaves have the rows as their leading dimension.
     warn
         Warn (:class:`~fixpoint.ConvergenceWarning`) when a row of the solve does not converge.
     vmapped
@@ -58,6 +59,7 @@ class FlatProblem:
     estimator: Estimator | None = None
     info: BackwardInfo | None = None
     skip_converged: bool = False
+    per_sample: tuple[bool, ...] = ()
     warn: bool = False
     vmapped: bool = False
     eager: Any = None
@@ -71,18 +73,25 @@ class FlatProblem:
     ) -> Callable[[Tensor, Tensor], Tensor] | None:
         """``(z, index) ↦ fn(z_full)[index]`` for the compacting loop, or ``None``.
 
-        Leaves whose leading dimension is the batch size are sliced with the rows, the others
-        are passed whole. Under ``vmap`` the loop does not compact (the results are the same).
+        The per-sample leaves are sliced with the rows, the others are passed whole. Under
+        ``vmap`` the loop does not compact (the results are the same).
         """
         if not self.skip_converged or self.vmapped:
             return None
 
         def rows(z: Tensor, index: Tensor) -> Tensor:
             sliced = [
-                leaf.index_select(0, index) if leaf.dim() > 0 and leaf.shape[0] == batch else leaf
-                for leaf in leaves
+                leaf.index_select(0, index) if per_sample else leaf
+                for leaf, per_sample in zip(leaves, self.per_sample, strict=True)
             ]
-            return self.fn(z, *sliced)
+            try:
+                return self.fn(z, *sliced)
+            except (RuntimeError, ValueError) as error:
+                raise RuntimeError(
+                    f"skip_converged: f failed on the {z.shape[0]} of {batch} samples still "
+                    f"iterating ({error}); f must treat the samples independently, and in_dims "
+                    "must mark exactly the per-sample arguments"
+                ) from error
 
         return rows
 

@@ -40,6 +40,7 @@ def fixed_point(
     batched: bool = False,
     return_solution: bool = False,
     skip_converged: bool = False,
+    in_dims: tuple[Any, ...] | None = None,
     has_aux: bool = False,
 ) -> Any:
     r"""The fixed point ``z* = f(z*, *args)``, differentiable with respect to ``args`` and ``f``'s
@@ -90,9 +91,9 @@ def fixed_point(
     return_solution
         Also return the forward :class:`~fixpoint.Solution`; its ``backward`` field
         (:class:`~fixpoint.BackwardInfo`) is filled when the estimator runs.
-    skip_converged
+    skip_converged, in_dims
         With ``batched=True``, evaluate ``f`` only on samples still iterating in the forward
-        solve (see :func:`fixpoint.solve`).
+        solve; ``in_dims`` says which arguments are per-sample (see :func:`fixpoint.solve`).
     has_aux
         ``f`` returns ``(z, aux)``: ``aux`` at the fixed point is returned too, differentiable
         (through ``z*`` and ``args``).
@@ -125,7 +126,12 @@ def fixed_point(
     forward = Forward.prepare(f, z0, args, batched, has_aux)
     info = BackwardInfo(estimator=repr(estimator))
     problem = forward.problem(
-        solver, estimator=estimator, info=info, skip_converged=skip_converged, warn=True
+        solver,
+        estimator=estimator,
+        info=info,
+        skip_converged=skip_converged,
+        in_dims=in_dims,
+        warn=True,
     )
     outs = forward.solve(problem, z0)
     z_star = outs[0]

@@ -55,7 +55,7 @@ class DEQ(nn.Module):
         Whether the leading dimension of ``x`` and ``z`` is a batch of independent samples.
     skip_converged
         Drop stopped samples from the forward solve (see :func:`fixpoint.solve`); for operators
-        without batch statistics.
+        without batch statistics. The injection ``x`` is sliced with the samples.
     spectral_radius_iters
         If > 0, after each training-mode forward estimate the spectral radius of
         :math:`\partial f/\partial z` at :math:`z^*` per sample with that many vjps
@@ -166,6 +166,7 @@ class DEQ(nn.Module):
             start,
             x,
             *args,
+            in_dims=(0,) + (None,) * len(args) if self.skip_converged else None,
             solver=solver,
             estimator=self.estimator,
             batched=self.batched,

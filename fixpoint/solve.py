@@ -20,6 +20,7 @@ def solve(
     solver: Solver = Anderson(),
     batched: bool = False,
     skip_converged: bool = False,
+    in_dims: tuple[Any, ...] | None = None,
     has_aux: bool = False,
 ) -> Solution:
     r"""Find ``z`` with ``z = f(z, *args)``; no gradient flows through the result.
@@ -45,9 +46,16 @@ def solve(
         With ``batched=True``: once a quarter of the samples still in the solve have stopped,
         drop them from the iterate, the solver's state and the evaluations of ``f``, so a batch
         of mixed difficulty stops paying for its easy samples. Valid when the samples are
-        independent (no batch statistics in ``f``); tensors in ``args`` whose leading dimension
-        is the batch size are sliced with the samples, other arguments are passed whole. Results
-        and statistics are those of the full-batch solve. Under ``vmap`` it has no effect.
+        independent (no batch statistics in ``f``). ``in_dims`` says which arguments are sliced
+        with the samples. Results and statistics are those of the full-batch solve; at the end
+        ``f`` is evaluated once on the whole batch, and a sample reported converged whose
+        residual there is not within tolerance (``f`` couples the samples, or ``in_dims`` is
+        wrong) raises a ``RuntimeError``. Under ``vmap`` it has no effect.
+    in_dims
+        With ``skip_converged=True`` and tensors in ``args``: one entry per argument, ``0`` when
+        its tensors have the batch as their leading dimension (per-sample inputs, sliced with
+        the samples), ``None`` when it is shared (passed whole), or a pytree of those matching
+        the argument, as in :func:`torch.func.vmap`.
     has_aux
         ``f`` returns ``(z, aux)``; the solution's ``aux`` is ``aux`` at the returned iterate.
 
@@ -75,7 +83,8 @@ def solve(
     """
     check_inputs(f, solver, batched, skip_converged)
     forward = Forward.prepare(f, z0, args, batched, has_aux)
-    outs = forward.solve(forward.problem(solver, skip_converged=skip_converged), z0)
+    problem = forward.problem(solver, skip_converged=skip_converged, in_dims=in_dims)
+    outs = forward.solve(problem, z0)
     sol = forward.solution(outs)
     if has_aux:
         return forward.solution(outs, aux=no_grad_aux(forward, sol.value))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
+from torch._C import _functorch
 
 from fixpoint.solution import (
     CONVERGED,
@@ -34,10 +35,29 @@ FlatMap = Callable[[Tensor], Tensor]
 
 
 def row_norm(x: Tensor) -> Tensor:
-    """Euclidean norm of each row of ``x`` (``(B, n) -> (B,)``), in at least float32."""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return torch.linalg.vector_norm(x, dim=1, dtype=torch.float32)
-    return torch.linalg.vector_norm(x, dim=1)
+    """Euclidean norm of each row of ``x`` (``(B, n) -> (B,)``), in at least float32.
+
+    Never overflows or underflows on its own: the plain sum of squares overflows once
+    ``‖x‖`` passes about the square root of the dtype's largest number (``1e19`` in float32)
+    and drops entries below the square root of its smallest (``1e-154`` in float64), so rows at
+    risk (an infinite, NaN or tiny plain norm) are computed again with the row divided by its
+    largest entry. On the CPU that second pass runs only when some row needs it; elsewhere, and
+    under torch.func transforms, it always runs (no host synchronisation).
+    """
+    low = x.dtype in (torch.float16, torch.bfloat16)
+    r = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32 if low else None)
+    info = torch.finfo(r.dtype)
+    at_risk = ~(r >= (info.tiny / info.eps) ** 0.5) | ~(r < info.max)
+    if x.device.type == "cpu" and not _functorch.is_functorch_wrapped_tensor(x):
+        if not bool(at_risk.any()):
+            return r
+    return torch.where(at_risk, _scaled_row_norm(x.float() if low else x), r)
+
+
+def _scaled_row_norm(x: Tensor) -> Tensor:
+    scale = torch.linalg.vector_norm(x, ord=math.inf, dim=1, keepdim=True)
+    scale = torch.where((scale > 0) & torch.isfinite(scale), scale, 1.0)
+    return torch.linalg.vector_norm(x / scale, dim=1) * scale[:, 0]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,10 +178,10 @@ class Solver(ABC):
         best_z, best_r = z, torch.where(finite, r, math.inf)
         codes = torch.full((batch,), RUNNING, dtype=torch.int8, device=device)
         codes = torch.where(finite, codes, NONFINITE)
-        codes = torch.where(finite & (r <= self._tolerance(z)), CONVERGED, codes)
+        codes = torch.where(finite & (r <= self.tolerance(z)), CONVERGED, codes)
         iterations = torch.zeros(batch, dtype=torch.int64, device=device)
         fevals = torch.ones(batch, dtype=torch.int64, device=device)
-        trace = [r]
+        trace = Trace(r, capacity=self.max_iter + 1)
         state: Any = None
         # The newest iterate and the rows where it beats best_z; merged at the next host sync,
         # which also tells whether every row improved (then no copy is needed).
@@ -213,7 +233,7 @@ class Solver(ABC):
             best_r = torch.where(improved, r_new, best_r)
             codes = torch.where(active & ~finite, NONFINITE, codes)
             codes = torch.where(
-                active & finite & (r_new <= self._tolerance(z_new)), CONVERGED, codes
+                active & finite & (r_new <= self.tolerance(z_new)), CONVERGED, codes
             )
             codes = torch.where(
                 active & finite & (r_new > self.divergence * best_r), DIVERGED, codes
@@ -232,13 +252,15 @@ class Solver(ABC):
             )
 
         codes = torch.where(codes == RUNNING, MAX_ITER, codes)
+        if best_z.untyped_storage().data_ptr() == z0.untyped_storage().data_ptr():
+            best_z = best_z.clone()  # the start was returned: never hand back the caller's tensor
         return Solution(
             value=best_z,
             residual=best_r,
             converged=codes == CONVERGED,
             iterations=iterations,
             fevals=fevals,
-            trace=torch.stack(trace),
+            trace=trace.tensor(),
             status_code=codes,
         )
 
@@ -261,7 +283,7 @@ class Solver(ABC):
             )
         return pytree.tree_map(select, state)
 
-    def _tolerance(self, z: Tensor) -> Tensor | float:
+    def tolerance(self, z: Tensor) -> Tensor | float:
         """``atol + rtol·‖z‖₂`` per row (a number when ``rtol = 0``: no pass over ``z``)."""
         if self.rtol == 0:
             return self.atol
@@ -299,6 +321,33 @@ class Precision:
         if not self.enabled:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, enabled=False)
+
+
+class Trace:
+    """The residual of every row after every step, in one buffer that doubles when full.
+
+    Not a list of per-step tensors: each would pin a small allocation between the large
+    temporaries of its step, and glibc's heap could then not reuse their memory, so a long solve's
+    resident memory would grow by about a state per step.
+    """
+
+    def __init__(self, r0: Tensor, capacity: int) -> None:
+        self.capacity = capacity
+        self.buffer = r0.new_empty((min(capacity, 64), r0.shape[0]))
+        self.buffer[0] = r0
+        self.steps = 1
+
+    def append(self, r: Tensor) -> None:
+        if self.steps == self.buffer.shape[0]:
+            grown = self.buffer.new_empty((min(2 * self.steps, self.capacity), r.shape[0]))
+            grown[: self.steps] = self.buffer
+            self.buffer = grown
+        self.buffer[self.steps] = r
+        self.steps += 1
+
+    def tensor(self) -> Tensor:
+        """``(steps, B)``: the residuals so far."""
+        return self.buffer[: self.steps].clone()
 
 
 class Finished:

@@ -97,7 +97,9 @@ def test_heavy_ball_batched_with_skipping_matches_the_full_batch():
     z0 = torch.zeros(12, 5, dtype=torch.float64)
     solver = HeavyBall(momentum=0.2, **TIGHT)
     full = fp.solve(f, z0, x, scale, solver=solver, batched=True)
-    skipped = fp.solve(f, z0, x, scale, solver=solver, batched=True, skip_converged=True)
+    skipped = fp.solve(
+        f, z0, x, scale, solver=solver, batched=True, skip_converged=True, in_dims=(0, 0)
+    )
     assert all(s == "converged" for s in full.status)
     assert torch.equal(full.iterations, skipped.iterations)
     torch.testing.assert_close(full.value, skipped.value)

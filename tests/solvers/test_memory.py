@@ -1,0 +1,46 @@
+"""What a solve keeps does not grow with its iterations.
+
+A list of per-step tensors (the old trace) pinned one small allocation between the large
+temporaries of every step, and glibc then could not reuse their memory: a 10⁶-float solve's
+resident memory grew by a state per step (benchmarks/solver_memory.py measures that). Here the
+property is counted exactly: the tensors alive during step 250 are those alive during step 25.
+"""
+
+import gc
+import warnings
+
+import pytest
+import torch
+
+import fixpoint as fp
+
+SOLVERS = [fp.Picard(), fp.Anderson(m=3), fp.Broyden(memory=4)]
+
+
+def live_tensors():
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance on some torch module objects warns
+        warnings.simplefilter("ignore")
+        return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("batched", [False, True])
+def test_tensors_alive_do_not_grow_with_iterations(solver, batched):
+    counts = {}
+    calls = 0
+
+    def f(z, x):
+        nonlocal calls
+        calls += 1
+        if calls in (25, 250):
+            counts[calls] = live_tensors()
+        return -0.9999 * z + x  # far from converged after 300 steps
+
+    x = torch.randn(3, 50) if batched else torch.randn(50)
+    options = dict(atol=0.0, rtol=0.0, max_iter=300, divergence=float("inf"))
+    method = type(solver)(**{**solver.__dict__, **options})
+    sol = fp.solve(f, torch.zeros_like(x), x, solver=method, batched=batched)
+    assert int(sol.iterations.max()) == 300
+    assert counts[250] == counts[25]
+    assert sol.trace.shape[0] == 301  # the trace is all there, in one buffer
