@@ -20,6 +20,7 @@ from fixpoint._checks import require_instance
 from fixpoint._primitives import solve
 from fixpoint._problem import FlatProblem
 from fixpoint._tree import Layout, autocast_output
+from fixpoint._validation import flag
 from fixpoint.solution import BackwardInfo, Solution
 from fixpoint.solvers.base import Precision, Solver
 
@@ -29,10 +30,8 @@ __all__ = ["Forward", "check_inputs"]
 def check_inputs(f: Any, solver: Any, batched: bool = False, skip_converged: bool = False) -> None:
     """Raise ``TypeError``/``ValueError`` for a non-callable ``f``, a non-solver ``solver`` or
     ``skip_converged`` without ``batched``."""
-    if not isinstance(batched, bool):
-        raise TypeError(f"batched must be a bool, got {batched!r}")
-    if not isinstance(skip_converged, bool):
-        raise TypeError(f"skip_converged must be a bool, got {skip_converged!r}")
+    flag("fp.solve", "batched", batched)
+    flag("fp.solve", "skip_converged", skip_converged)
     if skip_converged and not batched:
         raise ValueError("skip_converged=True needs batched=True: it skips samples of a batch")
     if not callable(f):

@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 from fixpoint._checks import require_instance
 from fixpoint._forward import detach_args
 from fixpoint._transforms import transforms_active, under_vmap
+from fixpoint._validation import count, flag
 from fixpoint.estimators.base import Estimator
 from fixpoint.estimators.jfb import JFB
 from fixpoint.fixed_point import fixed_point
@@ -108,10 +109,9 @@ class DEQ(nn.Module):
         if eval_solver is not None:
             require_instance(eval_solver, Solver, "eval_solver", "fp.Anderson()")
         require_instance(estimator, Estimator, "estimator", "fp.JFB()")
-        if not isinstance(spectral_radius_iters, int) or spectral_radius_iters < 0:
-            raise ValueError(
-                f"DEQ: spectral_radius_iters must be an integer ≥ 0, got {spectral_radius_iters!r}"
-            )
+        spectral_radius_iters = count("DEQ", "spectral_radius_iters", spectral_radius_iters, 0)
+        batched = flag("DEQ", "batched", batched)
+        skip_converged = flag("DEQ", "skip_converged", skip_converged)
         self.f = f
         self.solver = solver
         self.estimator = estimator

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import Tensor
 
+from fixpoint._validation import count, flag, real, store
 from fixpoint.estimators.base import Estimate, Estimator, MatVec, warn_inexact
-from fixpoint.estimators.neumann import _check_count
 from fixpoint.linalg import cg, cgls
 
 __all__ = ["CG"]
@@ -59,11 +58,14 @@ class CG(Estimator):
     warn: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("atol", "rtol"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
-                raise ValueError(f"CG: {name} must be a finite number ≥ 0, got {value!r}")
-        _check_count("CG", "max_iter", self.max_iter, 1)
+        store(
+            self,
+            atol=real("CG", "atol", self.atol, low=0),
+            rtol=real("CG", "rtol", self.rtol, low=0),
+            max_iter=count("CG", "max_iter", self.max_iter, 1),
+            symmetric=flag("CG", "symmetric", self.symmetric),
+            warn=flag("CG", "warn", self.warn),
+        )
 
     def __call__(self, g: Tensor, vjp: MatVec, jvp: MatVec) -> Estimate:
         def system(v: Tensor) -> Tensor:  # (I − Jᵀ) v

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import Tensor
 
+from fixpoint._checks import require_instance
+from fixpoint._validation import flag, store
 from fixpoint.estimators.base import Estimate, Estimator, MatVec, warn_inexact
 from fixpoint.solvers.anderson import Anderson
 from fixpoint.solvers.base import Solver
@@ -41,15 +43,12 @@ class Implicit(Estimator):
 
     solves: ClassVar[bool] = True
 
-    solver: Solver = field(default_factory=lambda: Anderson(atol=1e-8, rtol=1e-6, max_iter=100))
+    solver: Solver = Anderson(atol=1e-8, rtol=1e-6, max_iter=100)
     warn: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.solver, Solver):
-            raise TypeError(
-                f"Implicit: solver must be a fixpoint.Solver instance, "
-                f"got {type(self.solver).__name__}"
-            )
+        require_instance(self.solver, Solver, "solver", "fp.Anderson()")
+        store(self, warn=flag("Implicit", "warn", self.warn))
 
     def __call__(self, g: Tensor, vjp: MatVec, jvp: MatVec) -> Estimate:
         sol = self.solver.iterate(lambda w: vjp(w) + g, g)

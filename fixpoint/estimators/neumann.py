@@ -6,14 +6,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from fixpoint._validation import count, store
 from fixpoint.estimators.base import Estimator, MatVec
 
 __all__ = ["Neumann"]
-
-
-def _check_count(owner: str, name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: {name} must be an integer ≥ {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -39,7 +35,7 @@ class Neumann(Estimator):
     k: int = 5
 
     def __post_init__(self) -> None:
-        _check_count("Neumann", "k", self.k, 0)
+        store(self, k=count("Neumann", "k", self.k, 0))
 
     def __call__(self, g: Tensor, vjp: MatVec, jvp: MatVec) -> Tensor:
         w, term = g, g

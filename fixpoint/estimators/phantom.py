@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from fixpoint._validation import count, real, store
 from fixpoint.estimators.base import Estimator, MatVec
-from fixpoint.estimators.neumann import _check_count
 
 __all__ = ["Phantom"]
 
@@ -41,9 +41,11 @@ class Phantom(Estimator):
     damping: float = 0.5
 
     def __post_init__(self) -> None:
-        _check_count("Phantom", "k", self.k, 1)
-        if not 0 < self.damping <= 1:
-            raise ValueError(f"Phantom: damping must be in (0, 1], got {self.damping!r}")
+        store(
+            self,
+            k=count("Phantom", "k", self.k, 1),
+            damping=real("Phantom", "damping", self.damping, low=0, low_open=True, high=1),
+        )
 
     def __call__(self, g: Tensor, vjp: MatVec, jvp: MatVec) -> Tensor:
         lam = self.damping

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.func import jvp, vjp
 
 from fixpoint._tree import FlatMap, Layout
+from fixpoint._validation import count
 from fixpoint.solvers.base import row_norm
 
 __all__ = ["lipschitz", "random_unit_rows"]
@@ -68,8 +69,7 @@ def lipschitz(
     >>> round(est.item(), 4)
     0.9
     """
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"lipschitz: iters must be an integer ≥ 1, got {iters!r}")
+    iters = count("lipschitz", "iters", iters, 1)
     layout = Layout.of(z, batched, name="z")
     z_flat = layout.flatten(z).detach()
     fn = FlatMap(f, layout, args)

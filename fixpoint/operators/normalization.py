@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vjp
 
+from fixpoint._validation import count, real
+
 __all__ = ["clip_operator_norm_", "operator_norm"]
 
 Layer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
@@ -76,8 +78,7 @@ def operator_norm(
     >>> round(fp.operators.operator_norm(conv, (1, 32, 32), iters=200).item(), 1)
     8.9
     """
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"operator_norm: iters must be an integer ≥ 1, got {iters!r}")
+    iters = count("operator_norm", "iters", iters, 1)
     apply = _linear_part(layer)
     weight = layer.weight
     shape = (1, *input_shape)
@@ -133,8 +134,7 @@ def clip_operator_norm_(
     >>> bool(torch.linalg.matrix_norm(layer.weight, 2) <= 1.0 + 1e-5)
     True
     """
-    if not bound > 0:
-        raise ValueError(f"clip_operator_norm_: bound must be > 0, got {bound!r}")
+    bound = real("clip_operator_norm_", "bound", bound, low=0, low_open=True)
     sigma = operator_norm(layer, input_shape, iters=iters)
     if sigma > bound:
         with torch.no_grad():

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fixpoint._validation import real
+
 __all__ = ["ProximalGradient", "lasso", "soft_threshold"]
 
 
@@ -64,8 +66,7 @@ class ProximalGradient(nn.Module):
         super().__init__()
         if not callable(grad) or not callable(prox):
             raise TypeError("ProximalGradient: grad and prox must be callable")
-        if not step > 0:
-            raise ValueError(f"ProximalGradient: step must be > 0, got {step!r}")
+        step = real("ProximalGradient", "step", step, low=0, low_open=True)
         self.grad = grad
         self.prox = prox
         self.step = float(step)

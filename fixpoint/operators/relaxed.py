@@ -8,6 +8,8 @@ from typing import Any
 import torch.utils._pytree as pytree
 from torch import nn
 
+from fixpoint._validation import real
+
 __all__ = ["Relaxed"]
 
 
@@ -38,10 +40,8 @@ class Relaxed(nn.Module):
         super().__init__()
         if not callable(f):
             raise TypeError(f"Relaxed: f must be callable, got {type(f).__name__}")
-        if not (0 < alpha <= 1):
-            raise ValueError(f"Relaxed: alpha must be in (0, 1], got {alpha!r}")
         self.f = f
-        self.alpha = float(alpha)
+        self.alpha = real("Relaxed", "alpha", alpha, low=0, low_open=True, high=1)
 
     def forward(self, z: Any, *args: Any) -> Any:
         fz = self.f(z, *args)

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.func import vjp
 
 from fixpoint._tree import FlatMap, Layout
+from fixpoint._validation import count
 from fixpoint.operators.lipschitz import random_unit_rows
 from fixpoint.solvers.base import row_norm
 
@@ -65,8 +66,7 @@ def spectral_radius(
     >>> round(rho.item(), 1)
     0.5
     """
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 2:
-        raise ValueError(f"spectral_radius: iters must be an integer ≥ 2, got {iters!r}")
+    iters = count("spectral_radius", "iters", iters, 2)
     layout = Layout.of(z, batched, name="z")
     z_flat = layout.flatten(z).detach()
     with torch.no_grad():

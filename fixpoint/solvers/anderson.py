@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fixpoint._validation import count, real, store
 from fixpoint.solvers.base import FlatMap, Solver
 
 __all__ = ["Anderson", "AndersonState", "mixing_coefficients"]
@@ -107,12 +108,12 @@ class Anderson(Solver):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.m, bool) or not isinstance(self.m, int) or self.m < 0:
-            raise ValueError(f"Anderson: m must be an integer ≥ 0, got {self.m!r}")
-        if not (0 < self.beta <= 2):
-            raise ValueError(f"Anderson: beta must be in (0, 2], got {self.beta!r}")
-        if not self.lam >= 0:
-            raise ValueError(f"Anderson: lam must be ≥ 0, got {self.lam!r}")
+        store(
+            self,
+            m=count("Anderson", "m", self.m, 0),
+            beta=real("Anderson", "beta", self.beta, low=0, low_open=True, high=2),
+            lam=real("Anderson", "lam", self.lam, low=0),
+        )
 
     def init(self, fn: FlatMap, z: Tensor, fz: Tensor) -> AndersonState:
         batch, n = z.shape

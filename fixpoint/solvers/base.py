@@ -19,6 +19,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor
 from torch._C import _functorch
 
+from fixpoint._validation import count, real, store
 from fixpoint.solution import (
     CONVERGED,
     DIVERGED,
@@ -97,25 +98,21 @@ class Solver(ABC):
     divergence: float = 1e4
 
     def __post_init__(self) -> None:
-        for name in ("atol", "rtol"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
-                raise ValueError(
-                    f"{type(self).__name__}: {name} must be a finite number ≥ 0, got {value!r}"
-                )
-        if (
-            isinstance(self.max_iter, bool)
-            or not isinstance(self.max_iter, int)
-            or self.max_iter < 1
-        ):
-            raise ValueError(
-                f"{type(self).__name__}: max_iter must be an integer ≥ 1, got {self.max_iter!r}"
-            )
-        if not (isinstance(self.divergence, (int, float)) and self.divergence > 1):
-            raise ValueError(
-                f"{type(self).__name__}: divergence must be > 1 (math.inf disables "
-                f"the check), got {self.divergence!r}"
-            )
+        owner = type(self).__name__
+        store(
+            self,
+            atol=real(owner, "atol", self.atol, low=0),
+            rtol=real(owner, "rtol", self.rtol, low=0),
+            max_iter=count(owner, "max_iter", self.max_iter, 1),
+            divergence=real(
+                owner,
+                "divergence (math.inf disables the check)",
+                self.divergence,
+                low=1,
+                low_open=True,
+                finite=False,
+            ),
+        )
 
     @abstractmethod
     def init(self, fn: FlatMap, z: Tensor, fz: Tensor) -> Any:

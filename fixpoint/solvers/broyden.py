@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fixpoint._validation import count, flag, store
 from fixpoint.solvers.base import FlatMap, Solver, row_norm
 
 __all__ = ["Broyden", "BroydenState", "apply_inverse", "apply_inverse_transpose", "broyden_update"]
@@ -138,14 +139,12 @@ class Broyden(Solver):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1:
-            raise ValueError(f"Broyden: memory must be an integer ≥ 1, got {self.memory!r}")
-        if not isinstance(self.line_search, bool):
-            raise TypeError(f"Broyden: line_search must be a bool, got {self.line_search!r}")
-        if not isinstance(self.max_backtracks, int) or self.max_backtracks < 1:
-            raise ValueError(
-                f"Broyden: max_backtracks must be an integer ≥ 1, got {self.max_backtracks!r}"
-            )
+        store(
+            self,
+            memory=count("Broyden", "memory", self.memory, 1),
+            line_search=flag("Broyden", "line_search", self.line_search),
+            max_backtracks=count("Broyden", "max_backtracks", self.max_backtracks, 1),
+        )
 
     def init(self, fn: FlatMap, z: Tensor, fz: Tensor) -> BroydenState:
         batch, n = z.shape

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from fixpoint._validation import real, store
 from fixpoint.solvers.base import FlatMap, Solver
 
 __all__ = ["Picard"]
@@ -38,8 +39,7 @@ class Picard(Solver):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (0 < self.damping <= 1):
-            raise ValueError(f"Picard: damping must be in (0, 1], got {self.damping!r}")
+        store(self, damping=real("Picard", "damping", self.damping, low=0, low_open=True, high=1))
 
     def init(self, fn: FlatMap, z: Tensor, fz: Tensor) -> None:
         return None
