@@ -27,7 +27,6 @@ from torch import Tensor
 from torch._functorch.autograd_function import custom_function_call
 from torch._functorch.utils import unwrap_dead_wrappers
 from torch.func import grad as func_grad
-from torch.func import jvp as func_jvp
 from torch.func import vjp as func_vjp
 
 from fixpoint._problem import FlatProblem, rows_first, split_rows
@@ -37,6 +36,9 @@ from fixpoint._transforms import (
     is_transformed,
     refuse_forward_over_forward,
     transforms_active,
+)
+from fixpoint._transforms import (
+    jvp as func_jvp,
 )
 from fixpoint._warnings import warn_user
 from fixpoint.estimators.base import ConvergenceWarning, Estimate, MatVec

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
@@ -13,6 +17,7 @@ __all__ = [
     "escaped_tensor_error",
     "forward_ad_active",
     "is_transformed",
+    "jvp",
     "refuse_forward_over_forward",
     "samples",
     "transforms_active",
@@ -108,3 +113,20 @@ def closure_kind(out: Tensor) -> str | None:
 def is_transformed(t: Tensor) -> bool:
     """Whether ``t`` is a torch.func wrapper (a batched or differentiated tensor)."""
     return _functorch.is_functorch_wrapped_tensor(t)
+
+
+_FORWARD_MODE = threading.RLock()
+
+
+def jvp(fn: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
+    """:func:`torch.func.jvp`, entered by one thread at a time.
+
+    torch.func.jvp keeps its nesting depth in a process-wide counter: a second thread entering
+    while a first is inside believes it is nested and opens no dual level of its own, then fails
+    ("Trying to create a dual Tensor for forward AD but no level exists"). Serving and data
+    loading run backward passes from several threads, so the library's forward-mode products
+    take turns (the lock is reentrant: a product inside a product, as in nested fixed points,
+    is fine).
+    """
+    with _FORWARD_MODE:
+        return torch.func.jvp(fn, primals, tangents)

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import jvp as func_jvp
 from torch.func import vjp as func_vjp
 
+from fixpoint._transforms import jvp as func_jvp
 from fixpoint._transforms import samples
 from fixpoint.matvecs import record
 

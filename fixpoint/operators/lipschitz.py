@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import jvp, vjp
+from torch.func import vjp
 
+from fixpoint._transforms import jvp
 from fixpoint._tree import FlatMap, Layout
 from fixpoint._validation import count
 from fixpoint.solvers.base import row_norm
