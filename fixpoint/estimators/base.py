@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 from torch import Tensor
+from torch._C import _functorch
 
 from fixpoint._warnings import warn_user
+from fixpoint.solvers.base import row_norm
 
 __all__ = ["ConvergenceWarning", "Estimate", "Estimator", "MatVec"]
 
@@ -26,6 +28,34 @@ def warn_inexact(converged: Tensor, what: str) -> None:
         bad, total = int((~converged).sum()), converged.numel()
         warn_user(
             f"{what} for {bad} of {total} samples; the gradient is inexact", ConvergenceWarning
+        )
+
+
+def warn_if_series_grows(owner: str, g: Tensor, last: Tensor, products: int) -> None:
+    """Warn when a truncated series' last term is no smaller than its first, for some sample.
+
+    For a map that contracts at :math:`z^*`, :math:`\\|(J^\top)^k g\\| \\le \\|J\\|^k \\|g\\|`
+    shrinks; a term that has not shrunk after ``products`` products shows that :math:`J` expands
+    there, and the truncated series (a polynomial in :math:`J^\top`) can then point anywhere,
+    the wrong way included. The terms are at hand, so the check costs two norms. It is skipped
+    under torch.func transforms (a warning cannot depend on a vmapped value).
+    """
+    if (
+        products == 0
+        or _functorch.is_functorch_wrapped_tensor(g)
+        or _functorch.is_functorch_wrapped_tensor(last)
+    ):
+        return
+    growth = row_norm(last) / row_norm(g)
+    grew = growth >= 1  # NaN (g = 0) is not growth
+    if bool(grew.any()):
+        warn_user(
+            f"{owner}: the series terms did not shrink over {products} products with Jᵀ for "
+            f"{int(grew.sum())} of {grew.numel()} samples (up to {growth[grew].max().item():.3g}× "
+            "the first): J = ∂f/∂z expands at z*, and the truncated series can point the wrong "
+            "way. Use an exact estimator (fp.CG, fp.Implicit), or make f contract (check it with "
+            "fp.operators.spectral_radius)",
+            ConvergenceWarning,
         )
 
 

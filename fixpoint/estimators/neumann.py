@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from fixpoint._validation import count, store
-from fixpoint.estimators.base import Estimator, MatVec
+from fixpoint.estimators.base import Estimator, MatVec, warn_if_series_grows
 
 __all__ = ["Neumann"]
 
@@ -42,4 +42,5 @@ class Neumann(Estimator):
         for _ in range(self.k):
             term = vjp(term)
             w = w + term
+        warn_if_series_grows(repr(self), g, term, self.k)
         return w

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from fixpoint._validation import count, real, store
-from fixpoint.estimators.base import Estimator, MatVec
+from fixpoint.estimators.base import Estimator, MatVec, warn_if_series_grows
 
 __all__ = ["Phantom"]
 
@@ -53,4 +53,5 @@ class Phantom(Estimator):
         for _ in range(self.k - 1):
             term = (1 - lam) * term + lam * vjp(term) if lam != 1 else vjp(term)
             w = w + term
+        warn_if_series_grows(repr(self), g, term, self.k - 1)
         return lam * w if lam != 1 else w
