@@ -397,7 +397,8 @@ def _verify_converged(problem: FlatProblem, sol: Any, fn: Callable[[Tensor], Ten
     fz = fn(z)
     residual = row_norm(fz - z)
     rounding = 16 * torch.finfo(residual.dtype).eps * (row_norm(fz) + row_norm(z))
-    wrong = sol.converged & ~(residual <= problem.solver.tolerance(z) + rounding)
+    tolerance = problem.solver.tolerance(z, sol.trace[0])
+    wrong = sol.converged & ~(residual <= tolerance + rounding)
     if bool(wrong.any()):
         raise RuntimeError(
             f"skip_converged: {int(wrong.sum())} samples were converged when f saw only the "

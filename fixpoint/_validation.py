@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy
 
-__all__ = ["count", "flag", "real", "store"]
+__all__ = ["choice", "count", "flag", "real", "store"]
 
 
 def real(
@@ -62,6 +62,14 @@ def flag(owner: str, name: str, value: Any) -> bool:
     if isinstance(value, (bool, numpy.bool_)):
         return bool(value)
     raise ValueError(f"{owner}: {name} must be True or False, got {value!r}")
+
+
+def choice(owner: str, name: str, value: Any, options: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``options``, or a ``ValueError`` that lists them."""
+    if not isinstance(value, str) or value not in options:
+        listed = ", ".join(repr(o) for o in options)
+        raise ValueError(f"{owner}: {name} must be one of {listed}, got {value!r}")
+    return value
 
 
 def store(instance: Any, **values: Any) -> None:

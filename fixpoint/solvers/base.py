@@ -19,7 +19,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor
 from torch._C import _functorch
 
-from fixpoint._validation import count, real, store
+from fixpoint._validation import choice, count, real, store
 from fixpoint.solution import (
     CONVERGED,
     DIVERGED,
@@ -68,14 +68,25 @@ class Solver(ABC):
     Subclasses implement :meth:`init` and :meth:`step` on flat ``(B, n)`` matrices (row ``b``
     is sample ``b``); :meth:`iterate` owns the loop: stopping, per-sample masks, best-iterate
     tracking, non-finite and divergence checks, traces and statistics. A sample has converged
-    when :math:`\|f(z) - z\|_2 \le \mathrm{atol} + \mathrm{rtol}\,\|z\|_2`.
+    when :math:`\|f(z) - z\|_2 \le \mathrm{atol} + \mathrm{rtol}\,s`, where the scale
+    :math:`s` is :math:`\|z\|_2` (``relative_to="state"``, the default) or the sample's initial
+    residual :math:`\|f(z_0) - z_0\|_2` (``relative_to="initial"``, Kelley's rule).
+
+    Which to use: the default asks for a residual small next to the solution, and its ``atol``
+    is a floor for solutions near zero; but a solution whose entries are all small (a
+    probability vector over many states, ‖z‖ ≈ 0.01) then stops at ``atol``, far from
+    ``rtol``. ``relative_to="initial"`` (with ``atol=0``) asks for the residual to fall by the
+    factor ``rtol``, whatever the scale of ``z``; it cannot be met from a start that is already
+    a fixed point up to rounding (use ``atol`` for that), and it ties the result to ``z0``.
 
     Parameters
     ----------
     atol
         Absolute tolerance on the residual, ≥ 0 (default ``1e-6``).
     rtol
-        Tolerance relative to ``‖z‖₂``, ≥ 0 (default ``1e-5``).
+        Tolerance relative to the scale ``relative_to`` chooses, ≥ 0 (default ``1e-5``).
+    relative_to
+        ``"state"`` (``‖z‖₂``, default) or ``"initial"`` (``‖f(z₀) − z₀‖₂``).
     max_iter
         Maximum number of solver steps, ≥ 1 (default 100).
     divergence
@@ -96,6 +107,7 @@ class Solver(ABC):
     rtol: float = 1e-5
     max_iter: int = 100
     divergence: float = 1e4
+    relative_to: str = "state"
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -104,6 +116,7 @@ class Solver(ABC):
             atol=real(owner, "atol", self.atol, low=0),
             rtol=real(owner, "rtol", self.rtol, low=0),
             max_iter=count(owner, "max_iter", self.max_iter, 1),
+            relative_to=choice(owner, "relative_to", self.relative_to, ("state", "initial")),
             divergence=real(
                 owner,
                 "divergence (math.inf disables the check)",
@@ -175,7 +188,9 @@ class Solver(ABC):
         best_z, best_r = z, torch.where(finite, r, math.inf)
         codes = torch.full((batch,), RUNNING, dtype=torch.int8, device=device)
         codes = torch.where(finite, codes, NONFINITE)
-        codes = torch.where(finite & (r <= self.tolerance(z)), CONVERGED, codes)
+        # The scale of rtol: ‖f(z₀) − z₀‖ (relative_to="initial"), else computed from z.
+        initial = r if self.relative_to == "initial" else None
+        codes = torch.where(finite & (r <= self.tolerance(z, initial)), CONVERGED, codes)
         iterations = torch.zeros(batch, dtype=torch.int64, device=device)
         fevals = torch.ones(batch, dtype=torch.int64, device=device)
         trace = Trace(r, capacity=self.max_iter + 1)
@@ -205,6 +220,8 @@ class Solver(ABC):
                     t.index_select(0, keep)
                     for t in (z, fz, g, r, best_z, best_r, codes, iterations, fevals, active)
                 )
+                if initial is not None:
+                    initial = initial.index_select(0, keep)
                 if state is not None:
                     state = self.compact(state, keep, work)
                 work = n_active
@@ -230,7 +247,7 @@ class Solver(ABC):
             best_r = torch.where(improved, r_new, best_r)
             codes = torch.where(active & ~finite, NONFINITE, codes)
             codes = torch.where(
-                active & finite & (r_new <= self.tolerance(z_new)), CONVERGED, codes
+                active & finite & (r_new <= self.tolerance(z_new, initial)), CONVERGED, codes
             )
             codes = torch.where(
                 active & finite & (r_new > self.divergence * best_r), DIVERGED, codes
@@ -280,10 +297,16 @@ class Solver(ABC):
             )
         return pytree.tree_map(select, state)
 
-    def tolerance(self, z: Tensor) -> Tensor | float:
-        """``atol + rtol·‖z‖₂`` per row (a number when ``rtol = 0``: no pass over ``z``)."""
+    def tolerance(self, z: Tensor, initial: Tensor | None = None) -> Tensor | float:
+        """``atol + rtol·s`` per row, ``s`` the scale of ``relative_to``: ``‖z‖₂``, or
+        ``initial`` (each row's initial residual) for ``"initial"``. A number when
+        ``rtol = 0``: no pass over ``z``."""
         if self.rtol == 0:
             return self.atol
+        if self.relative_to == "initial":
+            if initial is None:
+                raise ValueError("relative_to='initial' needs the initial residuals")
+            return self.atol + self.rtol * initial
         return self.atol + self.rtol * row_norm(z)
 
 
