@@ -6,8 +6,6 @@
 True
 """
 
-from typing import Any
-
 from fixpoint import nn, operators
 from fixpoint.diagnostics import EstimatorComparison, compare_estimators, format_comparison
 from fixpoint.estimators import (
@@ -59,7 +57,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     # fp.testing is imported on first use: it is not needed to solve or train.
     if name == "testing":
         import importlib

@@ -29,7 +29,8 @@ class EstimatorComparison:
     Attributes
     ----------
     estimator
-        ``repr`` of the estimator.
+        The estimator's :attr:`~fixpoint.Estimator.name` (its options that differ from the
+        defaults).
     cosine
         Cosine similarity :math:`\\langle w, w^*\\rangle / (\\|w\\|\\|w^*\\|)`.
     relative_error
@@ -136,7 +137,7 @@ def compare_estimators(
         error = row_norm(w - w_ref) / ref_norm
         if not batched:
             cosine, error = cosine[0], error[0]
-        rows.append(EstimatorComparison(repr(estimator), cosine, error, vjps, jvps, seconds))
+        rows.append(EstimatorComparison(estimator.name, cosine, error, vjps, jvps, seconds))
     return rows
 
 

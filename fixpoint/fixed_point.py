@@ -124,7 +124,7 @@ def fixed_point(
     check_inputs(f, solver, batched, skip_converged)
     require_instance(estimator, Estimator, "estimator", "fp.JFB()")
     forward = Forward.prepare(f, z0, args, batched, has_aux)
-    info = BackwardInfo(estimator=repr(estimator))
+    info = BackwardInfo(estimator=estimator.name)
     problem = forward.problem(
         solver,
         estimator=estimator,

@@ -113,7 +113,7 @@ class BackwardInfo:
     Attributes
     ----------
     estimator
-        ``repr`` of the estimator.
+        The estimator's :attr:`~fixpoint.Estimator.name`.
     calls
         Backward passes so far (0 until ``backward()`` runs).
     converged
@@ -145,6 +145,18 @@ class BackwardInfo:
     iterations: int | None = None
     vjp: int = 0
     jvp: int = 0
+
+    def __repr__(self) -> str:
+        parts = [self.estimator, f"calls={self.calls}"]
+        if self.converged is not None:
+            converged = self.converged.reshape(-1)
+            parts.append(f"converged={int(converged.sum())}/{converged.numel()}")
+        if self.residual is not None and self.residual.numel():
+            parts.append(f"max residual={self.residual.max().item():.3g}")
+        if self.iterations is not None:
+            parts.append(f"iterations={self.iterations}")
+        parts.append(f"vjp={self.vjp}, jvp={self.jvp}")
+        return f"BackwardInfo({', '.join(parts)})"
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,6 +10,7 @@ from typing import ClassVar, NamedTuple
 from torch import Tensor
 from torch._C import _functorch
 
+from fixpoint._display import compact
 from fixpoint._warnings import warn_user
 from fixpoint.solvers.base import row_norm
 
@@ -67,7 +68,7 @@ class ConvergenceWarning(UserWarning):
 
 
 class Estimate(NamedTuple):
-    """What an iterative estimator may return instead of a bare ``w``.
+    r"""What an iterative estimator may return instead of a bare ``w``.
 
     Attributes
     ----------
@@ -150,5 +151,10 @@ class Estimator(ABC):
 
     @property
     def name(self) -> str:
-        """A label for tables and logs: the estimator's ``repr``."""
-        return repr(self)
+        """A label for tables and logs: the class and the options that differ from the defaults.
+
+        >>> import fixpoint as fp
+        >>> fp.CG(atol=1e-12).name
+        'CG(atol=1e-12)'
+        """
+        return compact(self)
