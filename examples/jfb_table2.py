@@ -1,7 +1,9 @@
 """Reproduce Table 2 and Figures 5–6 of the JFB paper with fixpoint.
 
-Trains the paper's implicit networks (``jfb_networks.py``) with several backward methods and
-compares them: average time per training epoch, Jacobian mat-vec products (counted with
+Trains the paper's implicit networks (``jfb_networks.py``) with several backward methods,
+interleaved epoch by epoch so that machine noise falls on all of them alike, and compares them:
+time per training epoch (median after the warm-up epoch, with its range; ratios to JFB taken
+within each round), Jacobian mat-vec products (counted with
 ``fp.count_matvecs``), test accuracy and forward iterations per batch. As in the paper, the
 Jacobian-based method solves ``(I − J)ᵀ w = g`` by conjugate gradients on the normal equations
 and a batch whose CG solve does not converge is skipped (not used for an update) and counted.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -225,11 +228,18 @@ class Run:
     parameters: int
     epochs: list[Epoch] = field(default_factory=list)
 
+    def timed_epochs(self) -> list[Epoch]:
+        """The epochs whose time counts: all but the first (warm-up), when there are several."""
+        return self.epochs[1:] if len(self.epochs) > 1 else self.epochs
+
     def summary(self) -> dict[str, Any]:
         e = self.epochs
+        seconds = [x.seconds for x in self.timed_epochs()]
         return {
             "method": self.method,
-            "time_per_epoch_s": sum(x.seconds for x in e) / len(e),
+            "time_per_epoch_s": statistics.median(seconds),
+            "time_per_epoch_min_s": min(seconds),
+            "time_per_epoch_max_s": max(seconds),
             "matvecs_per_epoch": sum(x.matvecs for x in e) / len(e),
             "matvecs_total": sum(x.matvecs for x in e),
             "test_accuracy": e[-1].test_accuracy,
@@ -249,39 +259,43 @@ def evaluate(model: FPN, x: Tensor, y: Tensor, device: torch.device, batch: int 
     return 100.0 * correct / len(y)
 
 
-def train(method: str, data: Dataset, args: argparse.Namespace, progress: bool = True) -> Run:
-    """Train a fresh network (same seed for every method) and record every epoch."""
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    estimator = make_estimator(method, args.cg_tol, args.cg_max_iter)
-    solver = make_solver(args.solver, args.tol, args.max_iter)
-    gamma = {} if args.gamma is None else {"gamma": args.gamma}
-    model = NETWORKS[data.name](solver=solver, estimator=estimator, **gamma).to(device)
-    model.deq.eval_solver = make_solver(args.solver, args.tol, args.max_iter)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    loss_fn = nn.CrossEntropyLoss()
-    run = Run(method, repr(estimator), parameter_count(model))
-    order_gen = torch.Generator().manual_seed(args.seed)
-    wall = 0.0
-    epochs = tqdm(
-        range(1, args.epochs + 1),
-        desc=f"{method:>11}",
-        disable=not progress,
-        leave=True,
-        dynamic_ncols=True,
-    )
-    for epoch in epochs:
+class Trainer:
+    """One method's network, optimiser and random state, trained one epoch at a time.
+
+    Every method starts from the same seed and sees the same batch order. Each keeps its own
+    random state between epochs, so interleaving the methods changes nothing in any of them.
+    """
+
+    def __init__(self, method: str, data: Dataset, args: argparse.Namespace) -> None:
+        self.method, self.data, self.args = method, data, args
+        self.device = torch.device(args.device)
+        torch.manual_seed(args.seed)
+        estimator = make_estimator(method, args.cg_tol, args.cg_max_iter)
+        solver = make_solver(args.solver, args.tol, args.max_iter)
+        gamma = {} if args.gamma is None else {"gamma": args.gamma}
+        self.model = NETWORKS[data.name](solver=solver, estimator=estimator, **gamma)
+        self.model.to(self.device)
+        self.model.deq.eval_solver = make_solver(args.solver, args.tol, args.max_iter)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.run = Run(method, estimator.name, parameter_count(self.model))
+        self.order_gen = torch.Generator().manual_seed(args.seed)
+        self.rng = torch.get_rng_state()
+        self.wall = 0.0
+
+    def epoch(self, number: int) -> Epoch:
+        args, data, model, device = self.args, self.data, self.model, self.device
+        torch.set_rng_state(self.rng)
         model.train()
-        order = torch.randperm(len(data.train_y), generator=order_gen)
+        order = torch.randperm(len(data.train_y), generator=self.order_gen)
         batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
         skipped, iterations, loss_sum = 0, 0.0, 0.0
-        bar = tqdm(batches, desc="batches", disable=not progress, leave=False, dynamic_ncols=True)
         start = time.perf_counter()
         with fp.count_matvecs() as count:
-            for index in bar:
+            for index in batches:
                 d, y = data.train_x[index].to(device), data.train_y[index].to(device)
-                loss = loss_fn(model(d), y)
-                opt.zero_grad()
+                loss = self.loss_fn(model(d), y)
+                self.opt.zero_grad()
                 loss.backward()
                 sol = model.deq.last_solution
                 iterations += float(sol.iterations.max())
@@ -290,25 +304,71 @@ def train(method: str, data: Dataset, args: argparse.Namespace, progress: bool =
                 if converged is not None and not bool(converged.all()):
                     skipped += 1  # as in the paper: no update from an unconverged CG solve
                     continue
-                opt.step()
+                self.opt.step()
                 model.project_()
         seconds = time.perf_counter() - start
-        wall += seconds
+        self.rng = torch.get_rng_state()
+        self.wall += seconds
         accuracy = evaluate(model, data.test_x, data.test_y, device)
-        run.epochs.append(
-            Epoch(
-                epoch,
-                seconds,
-                wall,
-                loss_sum / len(batches),
-                accuracy,
-                count.total,
-                iterations / len(batches),
-                skipped,
-            )
+        result = Epoch(
+            number,
+            seconds,
+            self.wall,
+            loss_sum / len(batches),
+            accuracy,
+            count.total,
+            iterations / len(batches),
+            skipped,
         )
-        epochs.set_postfix(acc=f"{accuracy:.2f}%", s=f"{seconds:.1f}")
-    return run
+        self.run.epochs.append(result)
+        return result
+
+
+def train(
+    methods: list[str], data: Dataset, args: argparse.Namespace, progress: bool = True
+) -> list[Run]:
+    """Train every method, interleaved epoch by epoch, the order rotating from one to the next.
+
+    A burst of load on the machine then lands on every method alike, instead of on whichever
+    happened to be training, and each method sits in every position of a round equally often.
+    """
+    trainers = [Trainer(m, data, args) for m in methods]
+    steps = tqdm(
+        total=args.epochs * len(trainers), disable=not progress, leave=True, dynamic_ncols=True
+    )
+    for number in range(1, args.epochs + 1):
+        shift = (number - 1) % len(trainers)
+        for trainer in trainers[shift:] + trainers[:shift]:
+            epoch = trainer.epoch(number)
+            steps.set_description(f"epoch {number}/{args.epochs} {trainer.method:>11}")
+            steps.set_postfix(acc=f"{epoch.test_accuracy:.2f}%", s=f"{epoch.seconds:.2f}")
+            steps.update()
+    steps.close()
+    return [t.run for t in trainers]
+
+
+def speedups(runs: list[Run]) -> dict[str, dict[str, float]]:
+    """Each method's time per epoch over JFB's, taken within each round of epochs.
+
+    The ratio of two epochs trained back to back shares their machine noise; the median over
+    rounds (the warm-up round excluded) is reported with its range.
+    """
+    by_method = {r.method: r for r in runs}
+    if "jfb" not in by_method:
+        return {}
+    jfb = {e.epoch: e.seconds for e in by_method["jfb"].timed_epochs()}
+    result = {}
+    for method, run in by_method.items():
+        if method == "jfb":
+            continue
+        ratios = [e.seconds / jfb[e.epoch] for e in run.timed_epochs() if e.epoch in jfb]
+        result[method] = {
+            "median": statistics.median(ratios),
+            "min": min(ratios),
+            "max": max(ratios),
+            "rounds": len(ratios),
+        }
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,6 +378,8 @@ def train(method: str, data: Dataset, args: argparse.Namespace, progress: bool =
 COLUMNS = [
     ("method", "method", "{}"),
     ("time_per_epoch_s", "time/epoch (s)", "{:.2f}"),
+    ("time_per_epoch_min_s", "min", "{:.2f}"),
+    ("time_per_epoch_max_s", "max", "{:.2f}"),
     ("matvecs_per_epoch", "J mat-vecs/epoch", "{:.3g}"),
     ("test_accuracy", "test acc (%)", "{:.2f}"),
     ("forward_iterations_per_batch", "fwd iters/batch", "{:.1f}"),
@@ -336,17 +398,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def speedup_lines(rows: list[dict[str, Any]], dataset: str) -> list[str]:
-    by_method = {r["method"]: r for r in rows}
-    if "jfb" not in by_method:
-        return []
-    jfb = by_method["jfb"]["time_per_epoch_s"]
-    lines = []
-    for method, row in by_method.items():
-        if method != "jfb":
-            lines.append(f"{method} / jfb time per epoch: {row['time_per_epoch_s'] / jfb:.2f}×")
+def speedup_lines(ratios: dict[str, dict[str, float]], dataset: str) -> list[str]:
+    lines = [
+        f"{method} / jfb time per epoch: {r['median']:.2f}× (median of {r['rounds']} "
+        f"interleaved rounds, range {r['min']:.2f}–{r['max']:.2f})"
+        for method, r in ratios.items()
+    ]
     paper = ", ".join(f"{k} {v}×" for k, v in PAPER_SPEEDUP.items())
-    lines.append(f"paper (Jacobian-based / JFB, Table 2): {paper}; this run: {dataset}")
+    if lines:
+        lines.append(f"paper (Jacobian-based / JFB, Table 2): {paper}; this run: {dataset}")
     return lines
 
 
@@ -393,7 +453,9 @@ def plot_figures(runs: list[Run], out: Path) -> list[Path]:
     return written
 
 
-def write_results(runs: list[Run], args: argparse.Namespace, out: Path) -> dict[str, Path]:
+def write_results(
+    runs: list[Run], ratios: dict[str, dict[str, float]], args: argparse.Namespace, out: Path
+) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = [r.summary() for r in runs]
     csv_path = out / "table2.csv"
@@ -407,6 +469,7 @@ def write_results(runs: list[Run], args: argparse.Namespace, out: Path) -> dict[
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "table": rows,
+        "speedups": ratios,
         "runs": [{**asdict(r), "summary": r.summary()} for r in runs],
     }
     json_path.write_text(json.dumps(payload, indent=2))
@@ -474,15 +537,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{NETWORKS[args.dataset].__name__} on {args.device}, "
         f"{torch.get_num_threads()} threads"
     )
-    runs = [train(m, data, args, progress=not args.no_progress) for m in args.methods]
+    runs = train(args.methods, data, args, progress=not args.no_progress)
     rows = [r.summary() for r in runs]
+    ratios = speedups(runs)
     print()
     print(format_table(rows))
-    for line in speedup_lines(rows, args.dataset):
+    print("time per epoch: median over the epochs after the first (warm-up), with its range")
+    for line in speedup_lines(ratios, args.dataset):
         print(line)
-    paths = write_results(runs, args, Path(args.out))
+    paths = write_results(runs, ratios, args, Path(args.out))
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
-    return {"rows": rows, "paths": paths, "runs": runs}
+    return {"rows": rows, "speedups": ratios, "paths": paths, "runs": runs}
 
 
 if __name__ == "__main__":

@@ -41,6 +41,38 @@ def test_smoke_run_writes_the_table_and_counts_matvecs(tmp_path):
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_methods_are_interleaved_and_timed_after_the_warm_up(tmp_path, monkeypatch):
+    """Epochs alternate between methods (the order rotating each round); every method's
+    results are those it gets trained alone; ratios are taken within rounds."""
+    order = []
+    real_epoch = jfb_table2.Trainer.epoch
+
+    def recording(self, number):
+        order.append((number, self.method))
+        return real_epoch(self, number)
+
+    monkeypatch.setattr(jfb_table2.Trainer, "epoch", recording)
+    args = [*SMALL[2:], "--epochs", "3", "--out", str(tmp_path)]
+    together = jfb_table2.main([*args, "--methods", "jfb", "neumann-2"])
+    assert order == [
+        (1, "jfb"), (1, "neumann-2"),
+        (2, "neumann-2"), (2, "jfb"),
+        (3, "jfb"), (3, "neumann-2"),
+    ]  # fmt: skip
+    alone = jfb_table2.main([*args, "--methods", "neumann-2"])
+    accuracy = [e.test_accuracy for e in together["runs"][1].epochs]
+    assert accuracy == [e.test_accuracy for e in alone["runs"][0].epochs]
+    runs = {r.method: r for r in together["runs"]}
+    ratio = together["speedups"]["neumann-2"]
+    per_round = [
+        runs["neumann-2"].epochs[i].seconds / runs["jfb"].epochs[i].seconds for i in (1, 2)
+    ]
+    assert ratio["rounds"] == 2 and min(per_round) == ratio["min"]
+    assert ratio["median"] == sum(per_round) / 2
+    row = {r["method"]: r for r in together["rows"]}["jfb"]
+    assert row["time_per_epoch_s"] == sum(e.seconds for e in runs["jfb"].epochs[1:]) / 2
+
+
 def test_batches_with_unconverged_cg_are_skipped(tmp_path):
     result = jfb_table2.main(
         [
