@@ -27,11 +27,13 @@ from fixpoint.solvers.base import Precision, Solver
 __all__ = ["Forward", "check_inputs"]
 
 
-def check_inputs(f: Any, solver: Any, batched: bool = False, skip_converged: bool = False) -> None:
+def check_inputs(
+    f: Any, solver: Any, batched: bool, skip_converged: bool, owner: str = "fp.solve"
+) -> None:
     """Raise ``TypeError``/``ValueError`` for a non-callable ``f``, a non-solver ``solver`` or
     ``skip_converged`` without ``batched``."""
-    flag("fp.solve", "batched", batched)
-    flag("fp.solve", "skip_converged", skip_converged)
+    flag(owner, "batched", batched)
+    flag(owner, "skip_converged", skip_converged)
     if skip_converged and not batched:
         raise ValueError("skip_converged=True needs batched=True: it skips samples of a batch")
     if not callable(f):

@@ -121,7 +121,7 @@ def fixed_point(
     >>> round(d2.item(), 6)
     16.0
     """
-    check_inputs(f, solver, batched, skip_converged)
+    check_inputs(f, solver, batched, skip_converged, owner="fp.fixed_point")
     require_instance(estimator, Estimator, "estimator", "fp.JFB()")
     forward = Forward.prepare(f, z0, args, batched, has_aux)
     info = BackwardInfo(estimator=estimator.name)
