@@ -109,8 +109,26 @@ class Forward:
             single=self.layout.batch is None,
             skip_converged=skip_converged,
             per_sample=per_sample or (),
+            norm=None if solver.norm is None else self._flat_norm(solver.norm),
             **options,
         )
+
+    def _flat_norm(self, norm: Callable[[Any], Tensor]) -> Callable[[Tensor], Tensor]:
+        """The solver's ``norm`` (on the state's structure) as a map of flat rows."""
+        layout = self.layout
+
+        def flat(x: Tensor) -> Tensor:
+            out = norm(layout.unflatten(x))
+            expected = () if layout.batch is None else (x.shape[0],)
+            if not isinstance(out, Tensor) or out.shape != expected:
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(
+                    f"the solver's norm must return one value per sample, shape {expected}; "
+                    f"got {got}"
+                )
+            return out.reshape(x.shape[0])
+
+        return flat
 
     def solve(self, problem: FlatProblem, z0: Any) -> tuple[Tensor, ...]:
         """Run :class:`SolveOp`: ``(z*, residual, converged, iterations, fevals, trace, codes)``.

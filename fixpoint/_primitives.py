@@ -256,7 +256,7 @@ def solve_flat(problem: FlatProblem, z0: Tensor, leaves: tuple[Tensor, ...]) -> 
 
     rows = problem.rows_at(leaves, z0.shape[0])
     try:
-        sol = problem.solver.iterate(checked, z0.detach(), rows=rows)
+        sol = problem.solver.iterate(checked, z0.detach(), rows=rows, norm=problem.norm)
     except RuntimeError as error:
         clear = escaped_tensor_error(_caller(problem), error)
         if clear is None:
@@ -395,9 +395,10 @@ def _verify_converged(problem: FlatProblem, sol: Any, fn: Callable[[Tensor], Ten
     """
     z = sol.value
     fz = fn(z)
-    residual = row_norm(fz - z)
-    rounding = 16 * torch.finfo(residual.dtype).eps * (row_norm(fz) + row_norm(z))
-    tolerance = problem.solver.tolerance(z, sol.trace[0])
+    norm = row_norm if problem.norm is None else problem.norm
+    residual = norm(fz - z)
+    rounding = 16 * torch.finfo(residual.dtype).eps * (norm(fz) + norm(z))
+    tolerance = problem.solver.tolerance(z, sol.trace[0], norm)
     wrong = sol.converged & ~(residual <= tolerance + rounding)
     if bool(wrong.any()):
         raise RuntimeError(

@@ -50,6 +50,9 @@ class FlatProblem:
     eager
         The first-order fast path of an eager call (see :mod:`fixpoint.fixed_point`), or
         ``None``.
+    norm
+        The solver's stopping norm on flat rows (``(rows, n) -> (rows,)``), or ``None`` for the
+        2-norm of each row.
     """
 
     fn: Callable[..., Tensor]
@@ -63,6 +66,7 @@ class FlatProblem:
     warn: bool = False
     vmapped: bool = False
     eager: Any = None
+    norm: Callable[[Tensor], Tensor] | None = None
 
     def at(self, leaves: tuple[Tensor, ...] | list[Tensor]) -> Callable[[Tensor], Tensor]:
         """``z ↦ fn(z, *leaves)``."""
@@ -107,7 +111,14 @@ class FlatProblem:
             out = batched(z.reshape(size, z.shape[0] // size, z.shape[1]), *leaves)
             return out.reshape(z.shape)
 
-        return dataclasses.replace(self, fn=fn, vmapped=True, eager=None)
+        norm = None
+        if self.norm is not None:
+            per_copy = _vmap(self.norm, (0,), size, randomness)
+
+            def norm(x: Tensor) -> Tensor:
+                return per_copy(x.reshape(size, x.shape[0] // size, x.shape[1])).reshape(-1)
+
+        return dataclasses.replace(self, fn=fn, vmapped=True, eager=None, norm=norm)
 
 
 def _vmap(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy
 
-__all__ = ["choice", "count", "flag", "real", "store"]
+__all__ = ["choice", "count", "flag", "optional_callable", "real", "store"]
 
 
 def real(
@@ -69,6 +69,13 @@ def choice(owner: str, name: str, value: Any, options: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in options:
         listed = ", ".join(repr(o) for o in options)
         raise ValueError(f"{owner}: {name} must be one of {listed}, got {value!r}")
+    return value
+
+
+def optional_callable(owner: str, name: str, value: Any) -> Any:
+    """``value`` if it is ``None`` or callable, or a ``ValueError``."""
+    if value is not None and not callable(value):
+        raise ValueError(f"{owner}: {name} must be callable or None, got {value!r}")
     return value
 
 

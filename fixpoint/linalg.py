@@ -47,11 +47,41 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
 
 
-def cg(matvec: MatVec, b: Tensor, *, atol: float, rtol: float, max_iter: int) -> KrylovResult:
+def _start(
+    matvec: MatVec, b: Tensor, x0: Tensor | None, atol: float, rtol: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Start, residual, active rows and tolerance of a Krylov solve from ``x0`` (or zero).
+
+    From zero, a row with ``b ≠ 0`` is active even when ``‖b‖`` already meets the tolerance:
+    returning the zero start there would be a silent zero gradient, not a solution.
+    """
+    tol = atol + rtol * row_norm(b)
+    if x0 is None:
+        x = torch.zeros_like(b)
+        r = b.clone()
+        active = (row_norm(r) > tol) | (b != 0).any(1)
+    else:
+        x = x0.clone()
+        r = b - matvec(x)
+        active = row_norm(r) > tol
+    return x, r, active, tol
+
+
+def cg(
+    matvec: MatVec,
+    b: Tensor,
+    *,
+    atol: float,
+    rtol: float,
+    max_iter: int,
+    x0: Tensor | None = None,
+) -> KrylovResult:
     r"""Conjugate gradients for :math:`A x = b` with a symmetric positive definite :math:`A`.
 
-    One product with :math:`A` per iteration; starts from :math:`x_0 = 0`; a row stops when
-    :math:`\|b - Ax\|_2 \le` ``atol + rtol·‖b‖₂``.
+    One product with :math:`A` per iteration (one more for the residual of a given ``x0``); a
+    row stops when :math:`\|b - Ax\|_2 \le` ``atol + rtol·‖b‖₂``. From the default start
+    :math:`x_0 = 0` a row with :math:`b \ne 0` always takes a first step, so the answer is never
+    the zero start itself.
 
     Parameters
     ----------
@@ -63,6 +93,8 @@ def cg(matvec: MatVec, b: Tensor, *, atol: float, rtol: float, max_iter: int) ->
         Tolerances on the residual.
     max_iter
         Maximum iterations.
+    x0
+        Initial guess (default zero).
 
     Examples
     --------
@@ -74,12 +106,9 @@ def cg(matvec: MatVec, b: Tensor, *, atol: float, rtol: float, max_iter: int) ->
     >>> res.x, res.iterations
     (tensor([[0.0909, 0.6364]], dtype=torch.float64), 2)
     """
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = b.clone()
+    x, r, active, tol = _start(matvec, b, x0, atol, rtol)
+    p = r.clone()
     rr = _squared_norm(r)
-    tol = atol + rtol * row_norm(b)
-    active = rr.sqrt() > tol
     iterations = 0
     while iterations < max_iter and bool(active.any()):
         ap = matvec(p)
@@ -97,7 +126,14 @@ def cg(matvec: MatVec, b: Tensor, *, atol: float, rtol: float, max_iter: int) ->
 
 
 def cgls(
-    matvec: MatVec, rmatvec: MatVec, b: Tensor, *, atol: float, rtol: float, max_iter: int
+    matvec: MatVec,
+    rmatvec: MatVec,
+    b: Tensor,
+    *,
+    atol: float,
+    rtol: float,
+    max_iter: int,
+    x0: Tensor | None = None,
 ) -> KrylovResult:
     r"""CGLS: conjugate gradients on the normal equations :math:`A^\top A x = A^\top b`.
 
@@ -105,7 +141,9 @@ def cgls(
     :math:`v \mapsto A^\top v` (``rmatvec``). It tracks the residual :math:`r = b - Ax` of the
     original system and stops each row when :math:`\|r\|_2 \le` ``atol + rtol·‖b‖₂``; a
     least-squares solution that cannot meet it stops when :math:`A^\top r` vanishes. Starting
-    from :math:`x_0 = 0`, ``k`` iterations cost exactly ``k`` products of each kind.
+    from :math:`x_0 = 0`, ``k`` iterations cost exactly ``k`` products of each kind (a given
+    ``x0`` costs one more product with :math:`A`, for its residual), and a row with
+    :math:`b \ne 0` always takes a first step.
 
     Parameters
     ----------
@@ -117,6 +155,8 @@ def cgls(
         Tolerances on the residual of :math:`Ax = b`.
     max_iter
         Maximum iterations.
+    x0
+        Initial guess (default zero).
 
     Examples
     --------
@@ -128,10 +168,7 @@ def cgls(
     >>> res.x.round(decimals=10)
     tensor([[1., 2.]], dtype=torch.float64)
     """
-    x = torch.zeros_like(b)
-    r = b.clone()
-    tol = atol + rtol * row_norm(b)
-    active = row_norm(r) > tol
+    x, r, active, tol = _start(matvec, b, x0, atol, rtol)
     p = ss = None
     iterations = 0
     while iterations < max_iter and bool(active.any()):

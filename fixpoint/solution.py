@@ -134,7 +134,7 @@ class BackwardInfo:
     ...                         estimator=fp.CG(), return_solution=True)
     >>> z.sum().backward()
     >>> info = sol.backward
-    >>> info.calls, bool(info.converged), info.vjp == info.jvp == info.iterations
+    >>> info.calls, bool(info.converged), info.jvp == info.iterations == info.vjp - 1
     (1, True, True)
     """
 

@@ -31,7 +31,7 @@ def test_comparison_against_the_exact_gradient():
         assert row.vjp == 3 * k and row.jvp == 0
     assert (rows[0].relative_error > rows[2].relative_error).all()
     assert (rows[3].relative_error < 1e-10).all() and (rows[3].cosine > 1 - 1e-12).all()
-    assert (rows[4].relative_error < 1e-9).all() and rows[4].vjp == rows[4].jvp > 0
+    assert (rows[4].relative_error < 1e-9).all() and rows[4].vjp == rows[4].jvp + 3 > 3
     table = fp.format_comparison(rows)
     assert "Neumann(k=8)" in table and len(table.splitlines()) == 6
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from fixpoint._validation import count, flag, real, store
+from fixpoint._validation import choice, count, flag, real, store
 from fixpoint.estimators.base import Estimate, Estimator, MatVec, warn_inexact
 from fixpoint.linalg import cg, cgls
 
@@ -28,6 +28,10 @@ class CG(Estimator):
     does not get there in ``max_iter`` iterations, a :class:`ConvergenceWarning` is issued (unless
     ``warn=False``) and the returned :class:`Estimate` says which.
 
+    It starts from JFB's :math:`w_0 = g` (``w0="g"``, the default: one more product, and the
+    answer where JFB is already within tolerance) or from zero (``w0="zero"``); either way a
+    nonzero ``g`` never comes back as :math:`w = 0` because the start met a loose tolerance.
+
     Parameters
     ----------
     atol, rtol
@@ -36,6 +40,8 @@ class CG(Estimator):
         Maximum iterations, ≥ 1.
     symmetric
         Use plain CG (see above).
+    w0
+        The start: ``"g"`` (JFB's estimate, default) or ``"zero"``.
     warn
         Warn when a row did not converge.
 
@@ -55,6 +61,7 @@ class CG(Estimator):
     rtol: float = 1e-5
     max_iter: int = 100
     symmetric: bool = False
+    w0: str = "g"
     warn: bool = True
 
     def __post_init__(self) -> None:
@@ -64,6 +71,7 @@ class CG(Estimator):
             rtol=real("CG", "rtol", self.rtol, low=0),
             max_iter=count("CG", "max_iter", self.max_iter, 1),
             symmetric=flag("CG", "symmetric", self.symmetric),
+            w0=choice("CG", "w0", self.w0, ("g", "zero")),
             warn=flag("CG", "warn", self.warn),
         )
 
@@ -75,7 +83,11 @@ class CG(Estimator):
             return v - jvp(v)
 
         tol = dict(atol=self.atol, rtol=self.rtol, max_iter=self.max_iter)
-        result = cg(system, g, **tol) if self.symmetric else cgls(system, adjoint, g, **tol)
+        x0 = g if self.w0 == "g" else None
+        if self.symmetric:
+            result = cg(system, g, x0=x0, **tol)
+        else:
+            result = cgls(system, adjoint, g, x0=x0, **tol)
         if self.warn:
             warn_inexact(
                 result.converged,

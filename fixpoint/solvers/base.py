@@ -19,7 +19,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor
 from torch._C import _functorch
 
-from fixpoint._validation import choice, count, real, store
+from fixpoint._validation import choice, count, optional_callable, real, store
 from fixpoint.solution import (
     CONVERGED,
     DIVERGED,
@@ -68,9 +68,10 @@ class Solver(ABC):
     Subclasses implement :meth:`init` and :meth:`step` on flat ``(B, n)`` matrices (row ``b``
     is sample ``b``); :meth:`iterate` owns the loop: stopping, per-sample masks, best-iterate
     tracking, non-finite and divergence checks, traces and statistics. A sample has converged
-    when :math:`\|f(z) - z\|_2 \le \mathrm{atol} + \mathrm{rtol}\,s`, where the scale
-    :math:`s` is :math:`\|z\|_2` (``relative_to="state"``, the default) or the sample's initial
-    residual :math:`\|f(z_0) - z_0\|_2` (``relative_to="initial"``, Kelley's rule).
+    when :math:`\|f(z) - z\| \le \mathrm{atol} + \mathrm{rtol}\,s`, where the scale
+    :math:`s` is :math:`\|z\|` (``relative_to="state"``, the default) or the sample's initial
+    residual :math:`\|f(z_0) - z_0\|` (``relative_to="initial"``, Kelley's rule), and the norm
+    is the 2-norm of each sample unless ``norm`` says otherwise.
 
     Which to use: the default asks for a residual small next to the solution, and its ``atol``
     is a floor for solutions near zero; but a solution whose entries are all small (a
@@ -87,6 +88,14 @@ class Solver(ABC):
         Tolerance relative to the scale ``relative_to`` chooses, ≥ 0 (default ``1e-5``).
     relative_to
         ``"state"`` (``‖z‖₂``, default) or ``"initial"`` (``‖f(z₀) − z₀‖₂``).
+    norm
+        The norm of the stopping test (and of ``Solution.residual`` and ``trace``), or ``None``
+        for the 2-norm of each sample. It is called with a residual (or the state) in the
+        structure of ``z``, batch first when batched, and returns one non-negative value per
+        sample: shape ``(B,)``, or ``()`` for an unbatched problem (on the flat matrices of
+        :meth:`iterate` it gets ``(B, n)``). For instance the JFB paper's largest per-pixel channel
+        norm of an image state ``(B, C, H, W)``:
+        ``norm=lambda r: torch.linalg.vector_norm(r, dim=1).amax(dim=(1, 2))``.
     max_iter
         Maximum number of solver steps, ≥ 1 (default 100).
     divergence
@@ -108,6 +117,7 @@ class Solver(ABC):
     max_iter: int = 100
     divergence: float = 1e4
     relative_to: str = "state"
+    norm: Callable[[Any], Tensor] | None = None
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -117,6 +127,7 @@ class Solver(ABC):
             rtol=real(owner, "rtol", self.rtol, low=0),
             max_iter=count(owner, "max_iter", self.max_iter, 1),
             relative_to=choice(owner, "relative_to", self.relative_to, ("state", "initial")),
+            norm=optional_callable(owner, "norm", self.norm),
             divergence=real(
                 owner,
                 "divergence (math.inf disables the check)",
@@ -144,7 +155,12 @@ class Solver(ABC):
         """
 
     def iterate(
-        self, fn: FlatMap, z0: Tensor, *, rows: Callable[[Tensor, Tensor], Tensor] | None = None
+        self,
+        fn: FlatMap,
+        z0: Tensor,
+        *,
+        rows: Callable[[Tensor, Tensor], Tensor] | None = None,
+        norm: Callable[[Tensor], Tensor] | None = None,
     ) -> Solution:
         """Solve ``z = fn(z)`` for a flat ``(B, n)`` start ``z0``; every row is its own problem.
 
@@ -158,8 +174,10 @@ class Solver(ABC):
         the iterate, the solver state (:meth:`compact`) and the evaluations of ``f``.
         """
         precision = Precision.capture(z0.device)
+        if norm is None:
+            norm = row_norm if self.norm is None else self.norm
         with precision.solver():
-            return self._iterate(fn, z0, rows, precision)
+            return self._iterate(fn, z0, rows, precision, norm)
 
     def _iterate(
         self,
@@ -167,6 +185,7 @@ class Solver(ABC):
         z0: Tensor,
         rows: Callable[[Tensor, Tensor], Tensor] | None,
         precision: Precision,
+        norm: Callable[[Tensor], Tensor],
     ) -> Solution:
         calls = 0
         index: Tensor | None = None  # batch rows of the working set; None: all, in order
@@ -183,14 +202,14 @@ class Solver(ABC):
         z = z0
         fz = counted(z)
         g = fz - z
-        r = row_norm(g)
+        r = norm(g)
         finite = torch.isfinite(r)
         best_z, best_r = z, torch.where(finite, r, math.inf)
         codes = torch.full((batch,), RUNNING, dtype=torch.int8, device=device)
         codes = torch.where(finite, codes, NONFINITE)
         # The scale of rtol: ‖f(z₀) − z₀‖ (relative_to="initial"), else computed from z.
         initial = r if self.relative_to == "initial" else None
-        codes = torch.where(finite & (r <= self.tolerance(z, initial)), CONVERGED, codes)
+        codes = torch.where(finite & (r <= self.tolerance(z, initial, norm)), CONVERGED, codes)
         iterations = torch.zeros(batch, dtype=torch.int64, device=device)
         fevals = torch.ones(batch, dtype=torch.int64, device=device)
         trace = Trace(r, capacity=self.max_iter + 1)
@@ -230,7 +249,7 @@ class Solver(ABC):
             before = calls
             z_new, fz_new, state = self.step(counted, z, fz, g, state)
             g_new = fz_new - z_new
-            r_new = row_norm(g_new)
+            r_new = norm(g_new)
             fevals += active * (calls - before)
             iterations += active
             if n_active == work:
@@ -247,7 +266,9 @@ class Solver(ABC):
             best_r = torch.where(improved, r_new, best_r)
             codes = torch.where(active & ~finite, NONFINITE, codes)
             codes = torch.where(
-                active & finite & (r_new <= self.tolerance(z_new, initial)), CONVERGED, codes
+                active & finite & (r_new <= self.tolerance(z_new, initial, norm)),
+                CONVERGED,
+                codes,
             )
             codes = torch.where(
                 active & finite & (r_new > self.divergence * best_r), DIVERGED, codes
@@ -297,8 +318,13 @@ class Solver(ABC):
             )
         return pytree.tree_map(select, state)
 
-    def tolerance(self, z: Tensor, initial: Tensor | None = None) -> Tensor | float:
-        """``atol + rtol·s`` per row, ``s`` the scale of ``relative_to``: ``‖z‖₂``, or
+    def tolerance(
+        self,
+        z: Tensor,
+        initial: Tensor | None = None,
+        norm: Callable[[Tensor], Tensor] = row_norm,
+    ) -> Tensor | float:
+        """``atol + rtol·s`` per row, ``s`` the scale of ``relative_to``: ``norm(z)``, or
         ``initial`` (each row's initial residual) for ``"initial"``. A number when
         ``rtol = 0``: no pass over ``z``."""
         if self.rtol == 0:
@@ -307,7 +333,7 @@ class Solver(ABC):
             if initial is None:
                 raise ValueError("relative_to='initial' needs the initial residuals")
             return self.atol + self.rtol * initial
-        return self.atol + self.rtol * row_norm(z)
+        return self.atol + self.rtol * norm(z)
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,26 @@ def test_gradcheck_passes_for_exact_batched_pytree():
 
     x = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(solution, (x,), eps=1e-6, atol=1e-7)
+
+
+def test_cg_never_returns_a_silent_zero():
+    """A loose absolute tolerance that g already meets (the JFB paper's MNIST eps = 0.1): from
+    zero, CG still takes a step; from w0 = g it answers g (JFB), never w = 0."""
+    jt = torch.tensor([[0.3, 0.1], [0.0, 0.4]], dtype=torch.float64)
+    g = torch.tensor([[0.03, -0.04]], dtype=torch.float64)  # ‖g‖ = 0.05 < atol
+
+    def vjp(v):
+        return v @ jt.T
+
+    def jvp(v):
+        return v @ jt
+
+    exact = torch.linalg.solve(torch.eye(2, dtype=torch.float64) - jt, g[0])
+    from_zero = fp.CG(atol=0.1, rtol=0.0, w0="zero")(g, vjp, jvp)
+    assert from_zero.iterations == 1 and (from_zero.w != 0).any()
+    assert torch.linalg.vector_norm(from_zero.w[0] - exact) < torch.linalg.vector_norm(exact)
+    from_g = fp.CG(atol=0.1, rtol=0.0)(g, vjp, jvp)
+    assert from_g.iterations == 0 and torch.equal(from_g.w, g)
+    tight = fp.CG(atol=1e-12, rtol=0.0)(g, vjp, jvp)
+    torch.testing.assert_close(tight.w[0], exact)
+    assert fp.CG(w0="zero")(torch.zeros(1, 2), vjp, jvp).iterations == 0  # g = 0: w = 0 is right
