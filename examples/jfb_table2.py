@@ -29,6 +29,7 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,15 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from jfb_networks import FPN, NETWORKS, parameter_count
+from jfb_paper import (
+    INPUT_SHAPES,
+    NORMALIZATION,
+    PAPER_RECIPES,
+    augment_cifar10,
+    normalize_lipschitz_,
+    paper_cg,
+    paper_network,
+)
 
 import fixpoint as fp
 
@@ -123,11 +133,13 @@ def load_dataset(
     max_train: int | None = None,
     max_test: int | None = None,
     seed: int = 0,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> Dataset:
     """Load a data set as tensors; download-only sets raise :class:`DatasetNotFound` if absent.
 
     ``digits`` is split 80/20 (stratified by a seeded shuffle); the others use their official
-    splits. Images are standardised with the training set's per-channel mean and deviation.
+    splits. Images are standardised with the training set's per-channel mean and deviation, or
+    with ``normalization`` (means, deviations) when given (the paper's constants).
     """
     if name == "digits":
         from sklearn.datasets import load_digits
@@ -161,8 +173,11 @@ def load_dataset(
         data.train_x, data.train_y = data.train_x[:max_train], data.train_y[:max_train]
     if max_test is not None:
         data.test_x, data.test_y = data.test_x[:max_test], data.test_y[:max_test]
-    mean = data.train_x.mean(dim=(0, 2, 3), keepdim=True)
-    std = data.train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    if normalization is None:
+        mean = data.train_x.mean(dim=(0, 2, 3), keepdim=True)
+        std = data.train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    else:
+        mean, std = (torch.tensor(v)[None, :, None, None] for v in normalization)
     data.train_x = (data.train_x - mean) / std
     data.test_x = (data.test_x - mean) / std
     return data
@@ -252,61 +267,129 @@ class Run:
 def evaluate(model: FPN, x: Tensor, y: Tensor, device: torch.device, batch: int = 500) -> float:
     model.eval()
     correct = 0
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", fp.ConvergenceWarning)
         for start in range(0, len(y), batch):
             logits = model(x[start : start + batch].to(device))
             correct += int((logits.argmax(1).cpu() == y[start : start + batch]).sum())
     return 100.0 * correct / len(y)
 
 
+@dataclass
+class Step:
+    """One training batch: its time, loss and the work the solves did."""
+
+    seconds: float
+    loss: float
+    forward_iterations: float
+    backward_iterations: int | None
+    matvecs: int
+    skipped: bool
+    unconverged: bool
+
+
 class Trainer:
     """One method's network, optimiser and random state, trained one epoch at a time.
 
-    Every method starts from the same seed and sees the same batch order. Each keeps its own
+    Every method starts from its recipe's seed and sees the same batch order. Each keeps its own
     random state between epochs, so interleaving the methods changes nothing in any of them.
+
+    ``recipe="quick"`` is the embedded-data demo (the clipped FPNs of ``jfb_networks.py``, Adam
+    at ``--lr``, batches of ``--batch-size``). ``recipe="paper"`` is the JFB repository's run for
+    the data set (``jfb_paper.py``): its network and variant (batch norm in the FPN runs, none in
+    the Jacobian-based ones), Picard stopping on the largest per-pixel channel norm at ``eps``,
+    CG to ``eps`` for the Jacobian-based method, its seed, optimiser, schedule, batch size and,
+    for CIFAR-10, augmentation.
     """
 
-    def __init__(self, method: str, data: Dataset, args: argparse.Namespace) -> None:
+    def __init__(
+        self, method: str, data: Dataset, args: argparse.Namespace, gamma: float | None = None
+    ) -> None:
         self.method, self.data, self.args = method, data, args
         self.device = torch.device(args.device)
-        torch.manual_seed(args.seed)
-        estimator = make_estimator(method, args.cg_tol, args.cg_max_iter)
-        solver = make_solver(args.solver, args.tol, args.max_iter)
-        gamma = {} if args.gamma is None else {"gamma": args.gamma}
-        self.model = NETWORKS[data.name](solver=solver, estimator=estimator, **gamma)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.augment: Any = None
+        if args.recipe == "paper":
+            variant = "jacobian" if method == "jacobian" else "fpn"
+            recipe = PAPER_RECIPES[data.name][variant]
+            seed = recipe.seed
+            torch.manual_seed(seed)
+            if method == "jacobian":
+                estimator = paper_cg(recipe)
+            else:
+                estimator = make_estimator(method, args.cg_tol, args.cg_max_iter)
+            options = {} if gamma is None else {"gamma": gamma}
+            self.model = paper_network(data.name, variant, estimator=estimator, **options)
+            self.opt = torch.optim.Adam(
+                self.model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+            )
+            self.scheduler = torch.optim.lr_scheduler.StepLR(
+                self.opt, step_size=recipe.step, gamma=recipe.decay
+            )
+            self.batch_size = recipe.batch_size
+            if recipe.augment:
+                self.augment = augment_cifar10
+        else:
+            seed = args.seed
+            torch.manual_seed(seed)
+            estimator = make_estimator(method, args.cg_tol, args.cg_max_iter)
+            solver = make_solver(args.solver, args.tol, args.max_iter)
+            options = {} if args.gamma is None else {"gamma": args.gamma}
+            self.model = NETWORKS[data.name](solver=solver, estimator=estimator, **options)
+            self.model.deq.eval_solver = make_solver(args.solver, args.tol, args.max_iter)
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+            self.batch_size = args.batch_size
         self.model.to(self.device)
-        self.model.deq.eval_solver = make_solver(args.solver, args.tol, args.max_iter)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.loss_fn = nn.CrossEntropyLoss()
         self.run = Run(method, estimator.name, parameter_count(self.model))
-        self.order_gen = torch.Generator().manual_seed(args.seed)
+        self.order_gen = torch.Generator().manual_seed(seed)
+        self.augment_gen = torch.Generator().manual_seed(seed + 1)
         self.rng = torch.get_rng_state()
         self.wall = 0.0
 
-    def epoch(self, number: int) -> Epoch:
-        args, data, model, device = self.args, self.data, self.model, self.device
-        torch.set_rng_state(self.rng)
-        model.train()
-        order = torch.randperm(len(data.train_y), generator=self.order_gen)
-        batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
-        skipped, iterations, loss_sum = 0, 0.0, 0.0
+    def step(self, d: Tensor, y: Tensor) -> Step:
+        """One batch: forward, backward and (unless its CG solve failed) an optimiser step."""
+        model = self.model
         start = time.perf_counter()
-        with fp.count_matvecs() as count:
-            for index in batches:
-                d, y = data.train_x[index].to(device), data.train_y[index].to(device)
-                loss = self.loss_fn(model(d), y)
-                self.opt.zero_grad()
-                loss.backward()
-                sol = model.deq.last_solution
-                iterations += float(sol.iterations.max())
-                loss_sum += loss.item()
-                converged = sol.backward.converged
-                if converged is not None and not bool(converged.all()):
-                    skipped += 1  # as in the paper: no update from an unconverged CG solve
-                    continue
+        with fp.count_matvecs() as count, warnings.catch_warnings():
+            # An unconverged forward solve is counted (the paper's loop stops at max_depth
+            # silently), not warned about at every batch.
+            warnings.simplefilter("ignore", fp.ConvergenceWarning)
+            loss = self.loss_fn(model(d), y)
+            self.opt.zero_grad()
+            loss.backward()
+            sol = model.deq.last_solution
+            converged = sol.backward.converged
+            skipped = converged is not None and not bool(converged.all())
+            if not skipped:  # as in the paper: no update from an unconverged CG solve
                 self.opt.step()
                 model.project_()
         seconds = time.perf_counter() - start
+        return Step(
+            seconds,
+            loss.item(),
+            float(sol.iterations.max()),
+            sol.backward.iterations,
+            count.total,
+            skipped,
+            not bool(sol.converged.all()),
+        )
+
+    def epoch(self, number: int) -> Epoch:
+        data, model, device = self.data, self.model, self.device
+        torch.set_rng_state(self.rng)
+        model.train()
+        order = torch.randperm(len(data.train_y), generator=self.order_gen)
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        steps = []
+        for index in batches:
+            d = data.train_x[index]
+            if self.augment is not None:
+                d = self.augment(d, self.augment_gen)
+            steps.append(self.step(d.to(device), data.train_y[index].to(device)))
+        if self.scheduler is not None:
+            self.scheduler.step()
+        seconds = sum(s.seconds for s in steps)
         self.rng = torch.get_rng_state()
         self.wall += seconds
         accuracy = evaluate(model, data.test_x, data.test_y, device)
@@ -314,11 +397,11 @@ class Trainer:
             number,
             seconds,
             self.wall,
-            loss_sum / len(batches),
+            sum(s.loss for s in steps) / len(steps),
             accuracy,
-            count.total,
-            iterations / len(batches),
-            skipped,
+            sum(s.matvecs for s in steps),
+            sum(s.forward_iterations for s in steps) / len(steps),
+            sum(s.skipped for s in steps),
         )
         self.run.epochs.append(result)
         return result
@@ -479,11 +562,153 @@ def write_results(
     return paths
 
 
+# ---------------------------------------------------------------------------------------------
+# Timing at the paper's sizes
+# ---------------------------------------------------------------------------------------------
+
+TIMED = ("jfb", "jacobian")
+
+
+def time_network(name: str, args: argparse.Namespace, gamma: float | None = None) -> dict[str, Any]:
+    """JFB against Jacobian-based on one paper network, with the paper's recipes, on random data.
+
+    Time per training batch does not depend on the pixels, so a batch of standard normal
+    images of the data set's shape (and random labels) stands in for the data this machine cannot
+    download. The two methods take turns, batch by batch (the order rotating each round), each on
+    its own network, optimiser and random state; the first round is warm-up. The ratio is taken
+    within each round; its median and range are reported.
+
+    A fresh network breaks the paper's Lipschitz bound by far, and the paper's rescaling needs a
+    number of training steps to bring it there (the SVHN Jacobian-based map, with γ = 0.9, does
+    not even converge in 200 steps until then). So the networks are first calibrated: the
+    paper's rescaling is applied at the batch until it changes nothing, which is where a run
+    stands after its first training steps.
+    """
+    recipe = PAPER_RECIPES[name]["fpn"]
+    gen = torch.Generator().manual_seed(args.seed)
+    d = torch.randn(recipe.batch_size, *INPUT_SHAPES[name], generator=gen)
+    y = torch.randint(0, 10, (recipe.batch_size,), generator=gen)
+    data = Dataset(name, d, y, d[:1], y[:1])
+    trainers = [Trainer(m, data, args, gamma) for m in TIMED]
+    device = torch.device(args.device)
+    for trainer in trainers:
+        model = trainer.model
+        with torch.no_grad():
+            q = model.injection(d.to(device))
+        for _ in range(100):
+            if normalize_lipschitz_(model.latent, torch.zeros_like(q), q) == 1.0:
+                break
+    steps: dict[str, list[Step]] = {m: [] for m in TIMED}
+    for number in range(args.timing + 1):
+        shift = number % len(trainers)
+        for trainer in trainers[shift:] + trainers[:shift]:
+            torch.set_rng_state(trainer.rng)
+            trainer.model.train()
+            steps[trainer.method].append(trainer.step(d.to(device), y.to(device)))
+            trainer.rng = torch.get_rng_state()
+    timed = {m: s[1:] for m, s in steps.items()}
+    ratios = [
+        jac.seconds / jfb.seconds for jfb, jac in zip(timed["jfb"], timed["jacobian"], strict=True)
+    ]
+    result: dict[str, Any] = {
+        "network": name,
+        "gamma": trainers[0].model.gamma,
+        "rounds": len(ratios),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "paper": PAPER_SPEEDUP[name],
+    }
+    for method, records in timed.items():
+        result[method] = {
+            "seconds_per_batch": statistics.median(r.seconds for r in records),
+            "forward_iterations": statistics.mean(r.forward_iterations for r in records),
+            "backward_iterations": statistics.mean(r.backward_iterations or 0 for r in records),
+            "matvecs_per_batch": statistics.mean(r.matvecs for r in records),
+            "skipped": sum(r.skipped for r in records),
+            "unconverged_forward": sum(r.unconverged for r in records),
+        }
+    return result
+
+
+def format_timing(results: list[dict[str, Any]]) -> str:
+    header = (
+        f"{'network':<9}{'γ':>5}{'JFB s/batch':>13}{'Jac. s/batch':>14}{'Jac./JFB':>10}"
+        f"{'range':>13}{'paper':>7}{'fwd it JFB':>12}{'fwd it Jac':>12}{'CG it':>7}"
+        f"{'J prod/batch':>14}{'skipped':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        jfb, jac = r["jfb"], r["jacobian"]
+        spread = f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f}"
+        lines.append(
+            f"{r['network']:<9}{r['gamma']:>5.2f}{jfb['seconds_per_batch']:>13.3f}"
+            f"{jac['seconds_per_batch']:>14.3f}{r['ratio']:>9.2f}×{spread:>13}"
+            f"{r['paper']:>6.1f}×{jfb['forward_iterations']:>12.1f}"
+            f"{jac['forward_iterations']:>12.1f}{jac['backward_iterations']:>7.1f}"
+            f"{jac['matvecs_per_batch']:>14.0f}{jac['skipped']:>9d}"
+        )
+    return "\n".join(lines)
+
+
+def time_paper_networks(args: argparse.Namespace) -> dict[str, Any]:
+    """``--timing``: the paper-size timing table (and the γ sweep), printed and written."""
+    names = [args.dataset] if args.dataset in PAPER_RECIPES else list(PAPER_RECIPES)
+    print(
+        f"timing JFB against Jacobian-based on the paper's networks and recipes, "
+        f"{args.timing} rounds after a warm-up, {torch.get_num_threads()} threads on "
+        f"{args.device}: RANDOM INPUTS of the data sets' shapes (timing only, no accuracy)"
+    )
+    results = [time_network(name, args) for name in names]
+    print(format_timing(results))
+    sweep = [time_network("mnist", args, gamma=g) for g in args.timing_gammas]
+    if sweep:
+        print("\nthe MNIST network at other contraction factors (more forward iterations):")
+        print(format_timing(sweep))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "timing.json"
+    payload = {
+        "config": {k: v for k, v in vars(args).items() if k != "func"},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "note": "random inputs of the data sets' shapes: time per batch only",
+        "networks": results,
+        "gamma_sweep": sweep,
+    }
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"\nwrote {path}")
+    return {"networks": results, "gamma_sweep": sweep, "path": path}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dataset", default="digits", choices=sorted(NETWORKS))
+    parser.add_argument(
+        "--recipe",
+        default="quick",
+        choices=["quick", "paper"],
+        help="quick: the embedded-data demo; paper: the JFB repository's network and training "
+        "run for the data set (mnist, svhn or cifar10)",
+    )
+    parser.add_argument(
+        "--timing",
+        type=int,
+        default=None,
+        metavar="ROUNDS",
+        help="time the paper's networks and recipes (JFB against Jacobian-based) on random "
+        "inputs of the right shapes, ROUNDS interleaved batches after a warm-up one; --dataset "
+        "picks one network (default: all three)",
+    )
+    parser.add_argument(
+        "--timing-gammas",
+        type=float,
+        nargs="*",
+        default=[],
+        help="with --timing: also time the MNIST network at these contraction factors",
+    )
     parser.add_argument("--data-dir", default="data")
     parser.add_argument(
         "--download",
@@ -509,7 +734,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="relative tolerance of the Jacobian-based CG (and implicit) solves",
     )
     parser.add_argument("--cg-max-iter", type=int, default=50)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="default: 10 (quick), the recipe's (paper)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -524,17 +751,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             make_estimator(method)
         except ValueError as error:
             parser.error(str(error))
+    if args.recipe == "paper" and args.timing is None and args.dataset not in PAPER_RECIPES:
+        parser.error(f"--recipe paper needs --dataset {', '.join(PAPER_RECIPES)}")
+    if args.timing is not None:
+        args.recipe = "paper"
+    if args.epochs is None:
+        recipes = PAPER_RECIPES.get(args.dataset, {})
+        args.epochs = recipes["fpn"].epochs if args.recipe == "paper" and recipes else 10
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.timing is not None:
+        return time_paper_networks(args)
+    normalization = NORMALIZATION.get(args.dataset) if args.recipe == "paper" else None
     data = load_dataset(
-        args.dataset, args.data_dir, args.download, args.max_train, args.max_test, args.seed
+        args.dataset,
+        args.data_dir,
+        args.download,
+        args.max_train,
+        args.max_test,
+        args.seed,
+        normalization=normalization,
     )
     print(
         f"{args.dataset}: {len(data.train_y)} training and {len(data.test_y)} test images, "
-        f"{NETWORKS[args.dataset].__name__} on {args.device}, "
+        f"{args.recipe} recipe on {args.device}, "
         f"{torch.get_num_threads()} threads"
     )
     runs = train(args.methods, data, args, progress=not args.no_progress)
