@@ -193,7 +193,9 @@ def make_estimator(method: str, cg_tol: float = 1e-2, cg_max_iter: int = 50) -> 
     if method == "jfb":
         return fp.JFB()
     if method == "jacobian":
-        return fp.CG(atol=0.0, rtol=cg_tol, max_iter=cg_max_iter, warn=False)
+        # From zero, as the quick recipe has always run it (the paper recipe starts from JFB's
+        # w = g): with a relative tolerance the warm start saves no step here and costs a vjp.
+        return fp.CG(atol=0.0, rtol=cg_tol, max_iter=cg_max_iter, w0="zero", warn=False)
     if method == "implicit":
         return fp.Implicit(
             fp.Anderson(m=5, atol=0.0, rtol=cg_tol, max_iter=cg_max_iter), warn=False
