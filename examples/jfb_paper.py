@@ -24,7 +24,7 @@ fails, rescales the latent convolutions by the missing factor (:func:`normalize_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -440,10 +440,6 @@ def paper_network(name: str, variant: str = "fpn", **options: Any) -> PaperFPN:
     if name not in NETWORKS:
         raise ValueError(f"no paper network for {name!r}: use {', '.join(NETWORKS)}")
     return NETWORKS[name](variant, **options)
-
-
-def with_recipe(recipe: Recipe, **changes: Any) -> Recipe:
-    return replace(recipe, **changes)
 
 
 def augment_cifar10(images: Tensor, generator: torch.Generator) -> Tensor:
