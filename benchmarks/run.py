@@ -5,8 +5,9 @@
 
 Sections: H-equation against scipy.optimize; DEQ conv operator against torchdeq (forward and
 backward, skipped when torchdeq is not installed); solver overhead; backward cost of each
-estimator in vjps; peak memory against forward iterations (training steps, and solves of 10⁶
-unknowns); skipping converged samples;
+estimator in vjps; Jacobian products, time and gradient error of the Krylov estimators (GMRES,
+BiCGStab, CG); scipy's nonlin test problems against every solver; peak memory against forward
+iterations (training steps, and solves of 10⁶ unknowns); skipping converged samples;
 vmap(fp.solve) against a batched solve; torch.compile; the Table 2 training ratio. Each section
 is also a module you can run alone (``python -m benchmarks.h_equation`` etc.).
 """
@@ -32,7 +33,9 @@ from benchmarks import (  # noqa: E402
     backward,
     compile_speedup,
     h_equation,
+    krylov,
     memory,
+    nonlin_problems,
     peers_deq,
     skipping,
     solver_memory,
@@ -45,6 +48,8 @@ SECTIONS = {
     "h_equation": lambda quick: h_equation.run(quick=quick),
     "peers_deq": peers_deq.run,
     "backward": lambda quick: backward.run(quick=quick),
+    "krylov": lambda quick: krylov.run(quick=quick),
+    "nonlin_problems": lambda quick: nonlin_problems.run(quick=quick),
     "memory": memory.run,
     "solver_memory": solver_memory.run,
     "skipping": skipping.run,

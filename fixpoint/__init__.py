@@ -10,7 +10,9 @@ from fixpoint import nn, operators
 from fixpoint.diagnostics import EstimatorComparison, compare_estimators, format_comparison
 from fixpoint.estimators import (
     CG,
+    GMRES,
     JFB,
+    BiCGStab,
     ConvergenceWarning,
     Estimate,
     Estimator,
@@ -21,18 +23,21 @@ from fixpoint.estimators import (
 )
 from fixpoint.fixed_point import fixed_point
 from fixpoint.matvecs import MatvecCount, count_matvecs
-from fixpoint.solution import BackwardInfo, Solution, Status
+from fixpoint.solution import BackwardInfo, ConvergenceError, Solution, Status
 from fixpoint.solve import solve
-from fixpoint.solvers import Anderson, Broyden, Picard, Solver
+from fixpoint.solvers import Anderson, Broyden, NewtonKrylov, Picard, Solver
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CG",
+    "GMRES",
     "JFB",
     "Anderson",
     "BackwardInfo",
+    "BiCGStab",
     "Broyden",
+    "ConvergenceError",
     "ConvergenceWarning",
     "Estimate",
     "Estimator",
@@ -41,6 +46,7 @@ __all__ = [
     "Implicit",
     "MatvecCount",
     "Neumann",
+    "NewtonKrylov",
     "Phantom",
     "Picard",
     "Solution",

@@ -19,9 +19,10 @@ from torch import Tensor
 from fixpoint._checks import require_instance
 from fixpoint._primitives import solve
 from fixpoint._problem import FlatProblem
+from fixpoint._transforms import transforms_active
 from fixpoint._tree import Layout, autocast_output
 from fixpoint._validation import flag
-from fixpoint.solution import BackwardInfo, Solution
+from fixpoint.solution import BackwardInfo, ConvergenceError, Solution
 from fixpoint.solvers.base import Precision, Solver
 
 __all__ = ["Forward", "check_inputs"]
@@ -136,7 +137,13 @@ class Forward:
         With no transform and no forward-mode tangent about, its outputs need no autograd
         node: the solve runs directly.
         """
-        return solve(problem, self.layout.flatten(z0), self.leaves)
+        try:
+            return solve(problem, self.layout.flatten(z0), self.leaves)
+        except ConvergenceError as error:
+            if not transforms_active() and hasattr(error, "outs"):
+                error.solution = self.solution(error.outs)
+                del error.outs
+            raise
 
     def aux(self, z: Any, args: tuple[Any, ...] | None = None) -> Any:
         """``f``'s auxiliary output at ``z`` (with ``args``, default the call's arguments)."""

@@ -44,7 +44,7 @@ from fixpoint._warnings import warn_user
 from fixpoint.estimators.base import ConvergenceWarning, Estimate, MatVec
 from fixpoint.linearization import Linearization
 from fixpoint.matvecs import count_matvecs
-from fixpoint.solution import CONVERGED, status_from_codes
+from fixpoint.solution import CONVERGED, ConvergenceError, Solution, status_from_codes
 from fixpoint.solvers.base import row_norm
 
 __all__ = [
@@ -250,7 +250,9 @@ def solve_flat(problem: FlatProblem, z0: Tensor, leaves: tuple[Tensor, ...]) -> 
 
     def checked(z: Tensor) -> Tensor:
         out = fn(z)
-        if is_transformed(out):
+        # A solver's own products (Newton–Krylov's jvps) pass transformed z: only a plain z
+        # that comes back transformed means f closed over a transformed tensor.
+        if is_transformed(out) and not is_transformed(z):
             raise RuntimeError("escaped: f returned a transformed tensor")
         return out
 
@@ -264,9 +266,7 @@ def solve_flat(problem: FlatProblem, z0: Tensor, leaves: tuple[Tensor, ...]) -> 
         raise clear from error
     if rows is not None:
         _verify_converged(problem, sol, fn)
-    if problem.warn:
-        _warn_unconverged(sol.status_code)
-    return (
+    outs = (
         sol.value,
         sol.residual,
         sol.converged,
@@ -275,6 +275,11 @@ def solve_flat(problem: FlatProblem, z0: Tensor, leaves: tuple[Tensor, ...]) -> 
         sol.trace,
         sol.status_code,
     )
+    if problem.throw:
+        _raise_unconverged(problem, sol, outs)
+    elif problem.warn:
+        _warn_unconverged(sol.status_code)
+    return outs
 
 
 def apply(op: type[torch.autograd.Function], *args: Any) -> Any:
@@ -411,6 +416,27 @@ def _verify_converged(problem: FlatProblem, sol: Any, fn: Callable[[Tensor], Ten
 
 def _caller(problem: FlatProblem) -> str:
     return "fp.solve" if problem.estimator is None else "fp.fixed_point"
+
+
+def _raise_unconverged(problem: FlatProblem, sol: Solution, outs: tuple[Tensor, ...]) -> None:
+    failed = sol.status_code != CONVERGED
+    if bool(failed.any()):
+        statuses = status_from_codes(sol.status_code[failed])
+        kinds = ", ".join(sorted({s.value for s in statuses}))
+        residual = float(sol.residual[failed].max())
+        which = (
+            f"({kinds}, residual {residual:.3g})"
+            if failed.numel() == 1
+            else f"for {int(failed.sum())} of {failed.numel()} samples ({kinds}, largest "
+            f"residual {residual:.3g})"
+        )
+        error = ConvergenceError(
+            f"{_caller(problem)}: the solve did not converge {which}: "
+            f"{statuses[0].explanation}. The solution is in this error's .solution",
+            sol,
+        )
+        error.outs = outs  # for the caller to restructure .solution
+        raise error
 
 
 def _warn_unconverged(codes: Tensor) -> None:

@@ -44,6 +44,8 @@ class FlatProblem:
         ``per_sample`` says which leaves have the rows as their leading dimension.
     warn
         Warn (:class:`~fixpoint.ConvergenceWarning`) when a row of the solve does not converge.
+    throw
+        Raise :class:`~fixpoint.ConvergenceError` instead when a row does not converge.
     vmapped
         ``fn`` evaluates the caller's map under :func:`torch.func.vmap` (rows are then
         ``size × rows`` of the caller's problem).
@@ -64,6 +66,7 @@ class FlatProblem:
     skip_converged: bool = False
     per_sample: tuple[bool, ...] = ()
     warn: bool = False
+    throw: bool = False
     vmapped: bool = False
     eager: Any = None
     norm: Callable[[Tensor], Tensor] | None = None

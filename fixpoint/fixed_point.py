@@ -21,6 +21,7 @@ from fixpoint._transforms import (
     forward_ad_active,
     transforms_active,
 )
+from fixpoint._validation import flag
 from fixpoint.estimators.base import Estimator
 from fixpoint.estimators.implicit import Implicit
 from fixpoint.linearization import Linearization
@@ -42,6 +43,7 @@ def fixed_point(
     skip_converged: bool = False,
     in_dims: tuple[Any, ...] | None = None,
     has_aux: bool = False,
+    throw: bool = False,
 ) -> Any:
     r"""The fixed point ``z* = f(z*, *args)``, differentiable with respect to ``args`` and ``f``'s
     parameters, in every mode and to every order.
@@ -97,6 +99,9 @@ def fixed_point(
     has_aux
         ``f`` returns ``(z, aux)``: ``aux`` at the fixed point is returned too, differentiable
         (through ``z*`` and ``args``).
+    throw
+        Raise :class:`~fixpoint.ConvergenceError` (carrying the forward :class:`Solution`)
+        instead of the warning when the forward solve does not converge for some sample.
 
     Returns
     -------
@@ -132,6 +137,7 @@ def fixed_point(
         skip_converged=skip_converged,
         in_dims=in_dims,
         warn=True,
+        throw=flag("fp.fixed_point", "throw", throw),
     )
     outs = forward.solve(problem, z0)
     z_star = outs[0]

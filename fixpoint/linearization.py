@@ -45,6 +45,13 @@ class Linearization:
         pass (graph mode only).
     functional
         Take every product from torch.func, differentiably (see above).
+    counted
+        Record each product in :func:`fixpoint.count_matvecs` (``False`` for the products of
+        a forward solver, which are not products at the fixed point).
+    jvp_mode
+        ``"forward"`` or ``"transpose"``: how Jacobian–vector products are taken, when a
+        previous :class:`Linearization` of the same map found out (its ``jvp_mode``); ``None``
+        (default) tries forward mode first.
     """
 
     def __init__(
@@ -54,14 +61,17 @@ class Linearization:
         graph: tuple[Tensor, Tensor] | None = None,
         *,
         functional: bool = False,
+        counted: bool = True,
+        jvp_mode: str | None = None,
     ) -> None:
         self.fn = fn
+        self.counted = counted
         self.z = z
         self.graph = graph
         self.functional = functional
         self._pullback: Callable[[Tensor], tuple[Tensor, ...]] | None = None
         self._transpose: tuple[Tensor, Tensor] | None = None
-        self._jvp_mode: str | None = None
+        self._jvp_mode = jvp_mode
         self._forward_error: BaseException | None = None
 
     def _ensure_graph(self) -> tuple[Tensor, Tensor]:
@@ -76,15 +86,22 @@ class Linearization:
             _, self._pullback = func_vjp(self.fn, self.z)
         return self._pullback
 
+    @property
+    def jvp_mode(self) -> str | None:
+        """How Jacobian–vector products are taken (``"forward"``, ``"transpose"``), once known."""
+        return self._jvp_mode
+
     def vjp(self, v: Tensor) -> Tensor:
-        record("vjp", samples(v))
+        if self.counted:
+            record("vjp", samples(v))
         if self.functional:
             return self._functional_pullback()(v)[0]
         fz, z_in = self._ensure_graph()
         return _grad(fz, z_in, v)
 
     def jvp(self, v: Tensor) -> Tensor:
-        record("jvp", samples(v))
+        if self.counted:
+            record("jvp", samples(v))
         if self._jvp_mode != "transpose":
             try:
                 out = func_jvp(self.fn, (self.z,), (v,))[1]

@@ -62,6 +62,9 @@ class DEQ(nn.Module):
         :math:`\partial f/\partial z` at :math:`z^*` per sample with that many vjps
         (:func:`fixpoint.operators.spectral_radius`) and keep it in
         :attr:`last_spectral_radius`. Costs one evaluation of ``f`` plus the vjps.
+    throw
+        Raise :class:`~fixpoint.ConvergenceError` when the forward solve does not converge for
+        some sample (default: warn, and go on from the best iterate).
 
     Attributes
     ----------
@@ -101,6 +104,7 @@ class DEQ(nn.Module):
         batched: bool = True,
         spectral_radius_iters: int = 0,
         skip_converged: bool = False,
+        throw: bool = False,
     ) -> None:
         super().__init__()
         if not callable(f):
@@ -112,6 +116,7 @@ class DEQ(nn.Module):
         spectral_radius_iters = count("DEQ", "spectral_radius_iters", spectral_radius_iters, 0)
         batched = flag("DEQ", "batched", batched)
         skip_converged = flag("DEQ", "skip_converged", skip_converged)
+        throw = flag("DEQ", "throw", throw)
         self.f = f
         self.solver = solver
         self.estimator = estimator
@@ -120,6 +125,7 @@ class DEQ(nn.Module):
         self.batched = batched
         self.spectral_radius_iters = spectral_radius_iters
         self.skip_converged = skip_converged
+        self.throw = throw
         self.last_solution: Solution | None = None
         self.last_spectral_radius: Tensor | None = None
 
@@ -172,6 +178,7 @@ class DEQ(nn.Module):
             batched=self.batched,
             return_solution=True,
             skip_converged=self.skip_converged,
+            throw=self.throw,
         )
         self.last_solution = None if under_vmap() else sol
         if self.training and self.spectral_radius_iters > 0:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["BackwardInfo", "Solution", "Status"]
+__all__ = ["BackwardInfo", "ConvergenceError", "Solution", "Status"]
 
 
 class Status(str, enum.Enum):
@@ -247,3 +247,33 @@ class Solution:
             f"Solution(status={self.status.value}, residual={self.residual.item():.3g}, "
             f"iterations={int(self.iterations)}, fevals={int(self.fevals)})"
         )
+
+
+class ConvergenceError(RuntimeError):
+    """A solve asked to ``throw`` ended without converging (for some sample).
+
+    Raised by :func:`fixpoint.solve`, :func:`fixpoint.fixed_point` and
+    :class:`fixpoint.nn.DEQ` with ``throw=True`` instead of warning and returning the best
+    iterate. The message says how many samples failed and why.
+
+    Attributes
+    ----------
+    solution
+        The :class:`Solution` of the solve (best iterate, residuals, statuses, trace), with the
+        structure of the caller's ``z0``. Under :func:`torch.func.vmap` it is the solve as the
+        library ran it: one batched solve whose rows are the vmapped samples (times the batch),
+        with ``value`` of shape ``(rows, n)``, the state flattened.
+
+    Examples
+    --------
+    >>> import torch, fixpoint as fp
+    >>> try:
+    ...     fp.solve(lambda z: 2 * z + 1, torch.zeros(2), solver=fp.Picard(), throw=True)
+    ... except fp.ConvergenceError as error:
+    ...     print(error.solution.status)
+    diverged
+    """
+
+    def __init__(self, message: str, solution: Solution) -> None:
+        super().__init__(message)
+        self.solution = solution

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fixpoint._forward import Forward, check_inputs, no_grad_aux
+from fixpoint._validation import flag
 from fixpoint.solution import Solution
 from fixpoint.solvers.anderson import Anderson
 from fixpoint.solvers.base import Solver
@@ -22,6 +23,7 @@ def solve(
     skip_converged: bool = False,
     in_dims: tuple[Any, ...] | None = None,
     has_aux: bool = False,
+    throw: bool = False,
 ) -> Solution:
     r"""Find ``z`` with ``z = f(z, *args)``; no gradient flows through the result.
 
@@ -58,6 +60,10 @@ def solve(
         the argument, as in :func:`torch.func.vmap`.
     has_aux
         ``f`` returns ``(z, aux)``; the solution's ``aux`` is ``aux`` at the returned iterate.
+    throw
+        Raise :class:`~fixpoint.ConvergenceError` (carrying the :class:`Solution`) when the
+        solve does not converge for some sample. By default the solution is returned and its
+        ``status`` says why it stopped.
 
     Returns
     -------
@@ -82,8 +88,9 @@ def solve(
     torch.Size([100])
     """
     check_inputs(f, solver, batched, skip_converged)
+    throw = flag("fp.solve", "throw", throw)
     forward = Forward.prepare(f, z0, args, batched, has_aux)
-    problem = forward.problem(solver, skip_converged=skip_converged, in_dims=in_dims)
+    problem = forward.problem(solver, skip_converged=skip_converged, in_dims=in_dims, throw=throw)
     outs = forward.solve(problem, z0)
     sol = forward.solution(outs)
     if has_aux:

@@ -15,6 +15,8 @@ ESTIMATORS = [
     fp.JFB(),
     fp.Neumann(k=3),
     fp.CG(atol=1e-12, rtol=0),
+    fp.GMRES(atol=1e-12, rtol=0, restart=4),
+    fp.BiCGStab(atol=1e-12, rtol=0),
     fp.Implicit(),
     fp.Phantom(k=4, damping=0.7),
     fp.Exact(),

@@ -127,7 +127,7 @@ def test_low_precision_state_keeps_its_dtype_with_float32_history():
         factors = (
             [state.df, state.dg, state.gram]
             if isinstance(solver, fp.Anderson)
-            else [state.u, state.v]
+            else [state.memory.s, state.memory.y, state.z_prev, state.g_prev]
         )
         assert all(t.dtype == torch.float32 for t in factors)
 

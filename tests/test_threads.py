@@ -17,6 +17,8 @@ ESTIMATORS = [
     fp.Neumann(k=3),
     fp.Phantom(k=3, damping=0.7),
     fp.CG(atol=1e-12, rtol=0),
+    fp.GMRES(atol=1e-12, rtol=0),
+    fp.BiCGStab(atol=1e-12, rtol=0),
     fp.Implicit(),
     fp.Exact(),
 ]

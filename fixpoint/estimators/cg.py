@@ -7,8 +7,9 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from fixpoint._validation import choice, count, flag, real, store
-from fixpoint.estimators.base import Estimate, Estimator, MatVec, warn_inexact
+from fixpoint._validation import flag
+from fixpoint.estimators._iterative import check_options, report
+from fixpoint.estimators.base import Estimate, Estimator, MatVec
 from fixpoint.linalg import cg, cgls
 
 __all__ = ["CG"]
@@ -65,15 +66,7 @@ class CG(Estimator):
     warn: bool = True
 
     def __post_init__(self) -> None:
-        store(
-            self,
-            atol=real("CG", "atol", self.atol, low=0),
-            rtol=real("CG", "rtol", self.rtol, low=0),
-            max_iter=count("CG", "max_iter", self.max_iter, 1),
-            symmetric=flag("CG", "symmetric", self.symmetric),
-            w0=choice("CG", "w0", self.w0, ("g", "zero")),
-            warn=flag("CG", "warn", self.warn),
-        )
+        check_options(self, symmetric=flag("CG", "symmetric", self.symmetric))
 
     def __call__(self, g: Tensor, vjp: MatVec, jvp: MatVec) -> Estimate:
         def system(v: Tensor) -> Tensor:  # (I − Jᵀ) v
@@ -88,10 +81,4 @@ class CG(Estimator):
             result = cg(system, g, x0=x0, **tol)
         else:
             result = cgls(system, adjoint, g, x0=x0, **tol)
-        if self.warn:
-            warn_inexact(
-                result.converged,
-                f"CG did not reach its tolerance in {self.max_iter} "
-                f"iterations (largest residual {result.residual.max().item():.3g})",
-            )
-        return Estimate(result.x, result.converged, result.residual, result.iterations)
+        return report(self, result)

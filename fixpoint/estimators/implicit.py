@@ -28,7 +28,9 @@ class Implicit(Estimator):
     Parameters
     ----------
     solver
-        Any :class:`~fixpoint.Solver`; its tolerances apply to ``‖Jᵀw + g − w‖₂``.
+        A :class:`~fixpoint.Solver` that needs evaluations of its map only (Picard, Anderson,
+        Broyden; not :class:`~fixpoint.NewtonKrylov`: use :class:`~fixpoint.GMRES`); its
+        tolerances apply to ``‖Jᵀw + g − w‖₂``.
     warn
         Warn (:class:`ConvergenceWarning`) when some sample did not converge.
 
@@ -48,6 +50,14 @@ class Implicit(Estimator):
 
     def __post_init__(self) -> None:
         require_instance(self.solver, Solver, "solver", "fp.Anderson()")
+        if self.solver.differentiates_map:
+            raise TypeError(
+                f"fp.Implicit({type(self.solver).__name__}(...)): this solver differentiates "
+                "the map it solves, and the adjoint map w ↦ Jᵀw + g is linear: Newton's "
+                "method on it is one linear solve. Use the Krylov estimator that does that "
+                "solve directly, fp.GMRES(atol, rtol), or fp.Implicit with fp.Anderson() or "
+                "fp.Broyden()"
+            )
         store(self, warn=flag("Implicit", "warn", self.warn))
 
     def __call__(self, g: Tensor, vjp: MatVec, jvp: MatVec) -> Estimate:

@@ -3,6 +3,7 @@
 from fixpoint.solvers.anderson import Anderson
 from fixpoint.solvers.base import Solver
 from fixpoint.solvers.broyden import Broyden
+from fixpoint.solvers.newton_krylov import NewtonKrylov
 from fixpoint.solvers.picard import Picard
 
-__all__ = ["Anderson", "Broyden", "Picard", "Solver"]
+__all__ = ["Anderson", "Broyden", "NewtonKrylov", "Picard", "Solver"]

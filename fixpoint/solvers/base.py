@@ -12,7 +12,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.utils._pytree as pytree
@@ -111,6 +111,15 @@ class Solver(ABC):
     >>> sol.value[:, 0], sol.status
     (tensor([2., 2.]), (Status.CONVERGED, Status.CONVERGED))
     """
+
+    needs_active: ClassVar[bool] = False
+    """Set it to ``True`` in a subclass whose :meth:`step` takes ``active=``: a bool ``(B,)``
+    tensor of the rows still iterating (a line search then spends no evaluations on the
+    others)."""
+
+    differentiates_map: ClassVar[bool] = False
+    """``True`` for a solver that takes Jacobian–vector products of the map it solves (Newton–
+    Krylov); :class:`~fixpoint.Implicit` refuses such solvers."""
 
     atol: float = 1e-6
     rtol: float = 1e-5
@@ -247,7 +256,10 @@ class Solver(ABC):
             if k == 0:
                 state = self.init(counted, z, fz)
             before = calls
-            z_new, fz_new, state = self.step(counted, z, fz, g, state)
+            if self.needs_active:
+                z_new, fz_new, state = self.step(counted, z, fz, g, state, active=active)
+            else:
+                z_new, fz_new, state = self.step(counted, z, fz, g, state)
             g_new = fz_new - z_new
             r_new = norm(g_new)
             fevals += active * (calls - before)

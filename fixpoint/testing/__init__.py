@@ -5,11 +5,12 @@ The strategies need Hypothesis (``pip install fixpoint[dev]``); they are importe
 
 from typing import Any
 
+from fixpoint.testing.nonlin import scipy_nonlin_problems
 from fixpoint.testing.problems import Problem, h_equation, h_equation_mean
 
 _STRATEGIES = ("affine_contractions", "contractions", "dtypes", "tanh_contractions")
 
-__all__ = ["Problem", "h_equation", "h_equation_mean", *_STRATEGIES]
+__all__ = ["Problem", "h_equation", "h_equation_mean", "scipy_nonlin_problems", *_STRATEGIES]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,6 +12,8 @@ from tests.estimators.helpers import TIGHT, dense_ift_gradient, library_gradient
 EXACT_ESTIMATORS = {
     "exact": fp.Exact(),
     "cg": fp.CG(atol=1e-13, rtol=0.0, max_iter=200),
+    "gmres": fp.GMRES(atol=1e-13, rtol=0.0, max_iter=200, restart=3),
+    "bicgstab": fp.BiCGStab(atol=1e-13, rtol=0.0, max_iter=200),
     "implicit-anderson": fp.Implicit(fp.Anderson(atol=1e-13, rtol=0.0, max_iter=300)),
     "implicit-broyden": fp.Implicit(fp.Broyden(atol=1e-13, rtol=0.0, max_iter=300)),
 }

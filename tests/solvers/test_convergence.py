@@ -17,10 +17,14 @@ def make_solver(name: str, tol: float) -> fp.Solver:
         return fp.Anderson(atol=tol, rtol=0)
     if name == "broyden":
         return fp.Broyden(atol=tol, rtol=0)
-    return fp.Broyden(atol=tol, rtol=0, line_search=True)
+    if name == "broyden-plain":
+        return fp.Broyden(atol=tol, rtol=0, line_search=False)
+    return fp.NewtonKrylov(atol=tol, rtol=0)
 
 
-SOLVERS = ["picard", "anderson", "broyden", "broyden-ls"]
+SOLVERS = ["picard", "anderson", "broyden", "broyden-plain", "newton-krylov"]
+# Solvers whose line search evaluates f at trial points (of any row of a batch).
+GLOBALISED = {"broyden", "newton-krylov"}
 
 
 class Counting:

@@ -7,8 +7,13 @@ import torch
 import fixpoint as fp
 from fixpoint.solvers.base import row_norm
 
-SOLVERS = [fp.Picard(max_iter=300), fp.Anderson(max_iter=300), fp.Broyden(max_iter=300)]
-IDS = ["picard", "anderson", "broyden"]
+SOLVERS = [
+    fp.Picard(max_iter=300),
+    fp.Anderson(max_iter=300),
+    fp.Broyden(max_iter=300),
+    fp.NewtonKrylov(max_iter=300),
+]
+IDS = ["picard", "anderson", "broyden", "newton-krylov"]
 
 
 @pytest.mark.parametrize("solver", SOLVERS, ids=IDS)

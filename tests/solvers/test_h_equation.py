@@ -13,7 +13,14 @@ TOL = dict(atol=1e-10, rtol=0.0)
 
 @pytest.mark.parametrize("c", [0.5, 0.9, 0.99])
 @pytest.mark.parametrize(
-    "solver", [fp.Anderson(**TOL), fp.Broyden(**TOL), fp.Broyden(line_search=True, **TOL)], ids=repr
+    "solver",
+    [
+        fp.Anderson(**TOL),
+        fp.Broyden(**TOL),
+        fp.Broyden(line_search=False, **TOL),
+        fp.NewtonKrylov(**TOL),
+    ],
+    ids=repr,
 )
 def test_solution_has_the_known_mean(c, solver):
     problem = h_equation(c, n=512)

@@ -13,6 +13,8 @@ TIGHT = fp.Anderson(atol=1e-13, rtol=0.0, max_iter=500)
 EXACT = [
     fp.Implicit(fp.Anderson(atol=1e-13, rtol=0.0, max_iter=500)),
     fp.CG(atol=1e-13, rtol=0.0, max_iter=500),
+    fp.GMRES(atol=1e-13, rtol=0.0, max_iter=500, restart=7),
+    fp.BiCGStab(atol=1e-13, rtol=0.0, max_iter=500),
     fp.Exact(),
 ]
 INEXACT = [fp.JFB(), fp.Neumann(k=3), fp.Phantom(k=4, damping=0.7)]

@@ -17,6 +17,7 @@ SOLVERS = [
     fp.Picard(damping=0.8, atol=1e-10, rtol=0.0, max_iter=400),
     fp.Anderson(m=3, atol=1e-10, rtol=1e-7, max_iter=200),
     fp.Broyden(atol=1e-10, rtol=0.0, max_iter=200),
+    fp.NewtonKrylov(atol=1e-10, rtol=0.0, max_iter=50),
 ]
 
 
@@ -24,13 +25,18 @@ def stats(sol):
     return (sol.value, sol.residual, sol.converged, sol.iterations, sol.fevals, sol.status_code)
 
 
-def assert_same_solutions(got, expected):
+def assert_same_solutions(got, expected, solver):
     value, residual, converged, iterations, fevals, codes = got
     torch.testing.assert_close(value, expected[0], atol=1e-9, rtol=0)
     torch.testing.assert_close(residual, expected[1], atol=1e-9, rtol=1e-6)
     assert torch.equal(converged, expected[2])
     assert torch.equal(iterations, expected[3])
-    assert torch.equal(fevals, expected[4])
+    if isinstance(solver, (fp.Broyden, fp.NewtonKrylov)):
+        # A batched evaluation for another sample's line search or inner GMRES iteration
+        # counts for every sample still running.
+        assert (fevals >= expected[4]).all()
+    else:
+        assert torch.equal(fevals, expected[4])
     assert torch.equal(codes, expected[5])
 
 
@@ -47,7 +53,7 @@ def test_vmap_of_solve_equals_a_loop(p, size, solver, seed):
     def one(x):
         return stats(fp.solve(p.map, p.z0(), p.w, x, solver=solver))
 
-    assert_same_solutions(vmap(one, in_dims=0)(xs), stack([one(x) for x in xs]))
+    assert_same_solutions(vmap(one, in_dims=0)(xs), stack([one(x) for x in xs]), solver)
 
 
 @settings(max_examples=20)
@@ -63,7 +69,7 @@ def test_nested_vmap_with_shared_arguments_equals_a_double_loop(p, solver):
     # Outer vmap over W (x shared), inner over x (W shared).
     got = vmap(vmap(one, in_dims=(None, 0)), in_dims=(0, None))(ws, xs)
     expected = stack([stack([one(w, x) for x in xs]) for w in ws])
-    assert_same_solutions(got, expected)
+    assert_same_solutions(got, expected, solver)
 
 
 @settings(max_examples=20)
@@ -88,7 +94,7 @@ def test_vmap_over_batched_solves(p, solver, skip):
 
     got = vmap(one)(xs)
     assert got[0].shape == (2, 3, p.n) and got[3].shape == (2, 3)
-    assert_same_solutions(got, stack([one(x) for x in xs]))
+    assert_same_solutions(got, stack([one(x) for x in xs]), solver)
 
 
 def test_trace_and_status_under_vmap():
