@@ -20,6 +20,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m mypy
 
 test: lint
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
@@ -31,12 +32,12 @@ docs: $(STAMP)
 # The benchmarks need the peer libraries: make bench installs torchdeq (the bench extra).
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
-	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 # The JFB paper's Table 2 on the embedded digits data: JFB vs Jacobian-based (CG) vs Neumann-5/10.
 DEMO_ARGS ?= --epochs 20 --out results
 demo: $(STAMP)
-	$(BIN)/python examples/jfb_table2.py $(DEMO_ARGS)
+	$(BIN)/python -m examples.jfb_table2 $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build *.egg-info

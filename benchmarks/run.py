@@ -1,7 +1,7 @@
 """Run every benchmark and print one table of ratios, each against its target.
 
-    python benchmarks/run.py --quick          # under 3 minutes on a 2-core CPU
-    python benchmarks/run.py                  # the full set; writes benchmarks/results/
+    python -m benchmarks.run --quick          # under 3 minutes on a 2-core CPU
+    python -m benchmarks.run                  # the full set; writes benchmarks/results/
 
 Sections: H-equation against scipy.optimize; DEQ conv operator against torchdeq (forward and
 backward, skipped when torchdeq is not installed); solver overhead; backward cost of each
@@ -23,13 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks import (  # noqa: E402
+from benchmarks import (
     backward,
     compile_speedup,
     h_equation,
@@ -42,7 +38,9 @@ from benchmarks import (  # noqa: E402
     training,
     vmapping,
 )
-from benchmarks.common import Ratio, format_ratios  # noqa: E402
+from benchmarks.common import Ratio, format_ratios
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SECTIONS = {
     "h_equation": lambda quick: h_equation.run(quick=quick),

@@ -1,6 +1,6 @@
 """Train the Table 2 implicit network with DistributedDataParallel (CPU gloo or CUDA nccl).
 
-    torchrun --nproc_per_node=2 examples/ddp_train.py --method jfb --epochs 5
+    torchrun --nproc_per_node=2 -m examples.ddp_train --method jfb --epochs 5
 
 Every process trains on its share of each global batch; DDP averages the gradients, so all
 processes hold the same weights. fixpoint's backward is an ordinary autograd Function (no tensor
@@ -13,24 +13,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from jfb_networks import digits_fpn
-from jfb_table2 import evaluate, load_dataset, make_estimator
+from examples.common import load_dataset, make_estimator
+from examples.jfb_networks import digits_fpn, evaluate
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="torchrun --nproc_per_node=N -m examples.ddp_train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--method", default="jfb", help="jfb, jacobian, neumann-K, ...")
     parser.add_argument("--epochs", type=int, default=5)
@@ -48,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     data = load_dataset("digits", seed=args.seed)
-    model = digits_fpn(estimator=make_estimator(args.method)).to(device)
+    model = digits_fpn(estimator=make_estimator(args.method, warn=False)).to(device)
     if cuda:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)

@@ -15,7 +15,7 @@ step (``FPN.project_()``, which calls ``fp.operators.clip_operator_norm_``).
 
 Sizes follow the paper: MNIST 54K parameters, latent 32×9×9, γ = 0.5; SVHN 164K, latent 64×8×8,
 γ = 0.9; CIFAR-10 0.84M, latent 35×10×10, γ = 0.5. ``digits_fpn`` is a small variant of the same
-design for scikit-learn's 8×8 digits. Exact parameter counts (``python examples/jfb_networks.py``):
+design for scikit-learn's 8×8 digits. Exact parameter counts (``python -m examples.jfb_networks``):
 
 ==========  ==========  ===========  ===========
 network     parameters  paper        latent
@@ -29,8 +29,10 @@ digits          15,082  (embedded)   16×8×8
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 import fixpoint as fp
@@ -41,6 +43,7 @@ __all__ = [
     "LipschitzBlock",
     "cifar10_fpn",
     "digits_fpn",
+    "evaluate",
     "mnist_fpn",
     "parameter_count",
     "svhn_fpn",
@@ -232,6 +235,20 @@ NETWORKS: dict[str, Callable[..., FPN]] = {
 def parameter_count(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def evaluate(
+    model: nn.Module, x: Tensor, y: Tensor, device: torch.device, batch: int = 500
+) -> float:
+    """Test accuracy in percent, in evaluation mode, in batches of ``batch``."""
+    model.eval()
+    correct = 0
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", fp.ConvergenceWarning)
+        for start in range(0, len(y), batch):
+            logits = model(x[start : start + batch].to(device))
+            correct += int((logits.argmax(1).cpu() == y[start : start + batch]).sum())
+    return 100.0 * correct / len(y)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Quick start: solve fixed-point problems with each forward solver and compare them.
 
-Run with ``python examples/quickstart.py``.
+Run with ``python -m examples.quickstart`` from the repository root.
 """
 
 import time

@@ -22,10 +22,12 @@ from fixpoint.estimators import (
     Phantom,
 )
 from fixpoint.fixed_point import fixed_point
+from fixpoint.linalg import MatVec
 from fixpoint.matvecs import MatvecCount, count_matvecs
 from fixpoint.solution import BackwardInfo, ConvergenceError, Solution, Status
 from fixpoint.solve import solve
 from fixpoint.solvers import Anderson, Broyden, NewtonKrylov, Picard, Solver
+from fixpoint.solvers.base import FlatMap
 
 __version__ = "0.1.0"
 
@@ -43,7 +45,9 @@ __all__ = [
     "Estimator",
     "EstimatorComparison",
     "Exact",
+    "FlatMap",
     "Implicit",
+    "MatVec",
     "MatvecCount",
     "Neumann",
     "NewtonKrylov",

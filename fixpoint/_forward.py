@@ -17,13 +17,14 @@ import torch.utils._pytree as pytree
 from torch import Tensor
 
 from fixpoint._checks import require_instance
+from fixpoint._precision import Precision
 from fixpoint._primitives import solve
 from fixpoint._problem import FlatProblem
 from fixpoint._transforms import transforms_active
 from fixpoint._tree import Layout, autocast_output
 from fixpoint._validation import flag
 from fixpoint.solution import BackwardInfo, ConvergenceError, Solution
-from fixpoint.solvers.base import Precision, Solver
+from fixpoint.solvers.base import Solver
 
 __all__ = ["Forward", "check_inputs"]
 

@@ -27,8 +27,8 @@ from torch import Tensor
 from torch._functorch.autograd_function import custom_function_call
 from torch._functorch.utils import unwrap_dead_wrappers
 from torch.func import grad as func_grad
-from torch.func import vjp as func_vjp
 
+from fixpoint._norms import row_norm
 from fixpoint._problem import FlatProblem, rows_first, split_rows
 from fixpoint._transforms import (
     escaped_tensor_error,
@@ -40,12 +40,14 @@ from fixpoint._transforms import (
 from fixpoint._transforms import (
     jvp as func_jvp,
 )
+from fixpoint._transforms import (
+    vjp as func_vjp,
+)
 from fixpoint._warnings import warn_user
 from fixpoint.estimators.base import ConvergenceWarning, Estimate, MatVec
 from fixpoint.linearization import Linearization
 from fixpoint.matvecs import count_matvecs
-from fixpoint.solution import CONVERGED, ConvergenceError, Solution, status_from_codes
-from fixpoint.solvers.base import row_norm
+from fixpoint.solution import CONVERGED, ConvergenceError, Solution, statuses_from_codes
 
 __all__ = [
     "ImplicitOp",
@@ -296,6 +298,8 @@ def apply(op: type[torch.autograd.Function], *args: Any) -> Any:
         # A wrapper of a transform that has ended (a vjp_fn called after its vjp), as
         # Function.apply does.
         args = unwrap_dead_wrappers(args)
+    # _C._FunctionBase.apply, the C entry under Function.apply: torch's stub of _FunctionBase
+    # leaves apply out (Function wraps it), so mypy finds no "apply" in the superclass.
     return super(torch.autograd.Function, op).apply(*args)  # type: ignore[misc]
 
 
@@ -330,6 +334,7 @@ def adjoint(
 def run_estimator(problem: FlatProblem, g: Tensor, vjp: MatVec, jvp: MatVec) -> Tensor:
     """Call the estimator, check its ``w`` and record what it did in ``problem.info``."""
     estimator = problem.estimator
+    assert estimator is not None  # a problem with a backward (fp.fixed_point's)
     with count_matvecs() as count, problem.precision.solver():
         result = estimator(g, vjp, jvp)
     estimate = result if isinstance(result, Estimate) else Estimate(result)
@@ -421,7 +426,7 @@ def _caller(problem: FlatProblem) -> str:
 def _raise_unconverged(problem: FlatProblem, sol: Solution, outs: tuple[Tensor, ...]) -> None:
     failed = sol.status_code != CONVERGED
     if bool(failed.any()):
-        statuses = status_from_codes(sol.status_code[failed])
+        statuses = statuses_from_codes(sol.status_code[failed])
         kinds = ", ".join(sorted({s.value for s in statuses}))
         residual = float(sol.residual[failed].max())
         which = (
@@ -442,7 +447,7 @@ def _raise_unconverged(problem: FlatProblem, sol: Solution, outs: tuple[Tensor, 
 def _warn_unconverged(codes: Tensor) -> None:
     failed = codes != CONVERGED
     if bool(failed.any()):
-        statuses = status_from_codes(codes[failed])
+        statuses = statuses_from_codes(codes[failed])
         kinds = ", ".join(sorted({s.value for s in statuses}))
         warn_user(
             f"fp.fixed_point: the forward solve did not converge for {int(failed.sum())} of "

@@ -9,16 +9,17 @@ so a vmapped solve is one batched solve.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from fixpoint._precision import Precision
 from fixpoint.estimators.base import Estimator
 from fixpoint.solution import BackwardInfo
-from fixpoint.solvers.base import Precision, Solver
+from fixpoint.solvers.base import Solver
 
 __all__ = ["FlatProblem", "rows_first"]
 
@@ -71,12 +72,12 @@ class FlatProblem:
     eager: Any = None
     norm: Callable[[Tensor], Tensor] | None = None
 
-    def at(self, leaves: tuple[Tensor, ...] | list[Tensor]) -> Callable[[Tensor], Tensor]:
+    def at(self, leaves: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:
         """``z ↦ fn(z, *leaves)``."""
         return lambda z: self.fn(z, *leaves)
 
     def rows_at(
-        self, leaves: tuple[Tensor, ...] | list[Tensor], batch: int
+        self, leaves: Sequence[Tensor], batch: int
     ) -> Callable[[Tensor, Tensor], Tensor] | None:
         """``(z, index) ↦ fn(z_full)[index]`` for the compacting loop, or ``None``.
 

@@ -22,6 +22,7 @@ __all__ = [
     "samples",
     "transforms_active",
     "under_vmap",
+    "vjp",
 ]
 
 
@@ -130,3 +131,13 @@ def jvp(fn: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, .
     """
     with _FORWARD_MODE:
         return torch.func.jvp(fn, primals, tangents)
+
+
+def vjp(fn: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[..., tuple[Any, ...]]]:
+    """:func:`torch.func.vjp` (without ``has_aux``): ``(fn(*primals), pullback)``.
+
+    torch annotates its result as either this pair or the triple of ``has_aux=True``; this says
+    which, so that the pair unpacks as one.
+    """
+    out = torch.func.vjp(fn, *primals)
+    return out[0], out[1]

@@ -13,7 +13,9 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-__all__ = ["FlatMap", "Layout", "autocast_output"]
+from fixpoint._precision import autocast_enabled
+
+__all__ = ["FlatFunction", "Layout", "autocast_output"]
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ class Layout:
                 raise ValueError(f"{name}{where} is on {leaf.device} but z is on {self.device}")
 
 
-class FlatMap:
+class FlatFunction:
     """``f(z, *args)`` as a map of flat ``(B, n)`` matrices; checks its output at every call."""
 
     def __init__(self, f: Callable[..., Any], layout: Layout, args: tuple[Any, ...]) -> None:
@@ -164,8 +166,7 @@ class FlatMap:
 
 def autocast_output(out: Any, layout: Layout) -> Any:
     """Under autocast, ``f`` may return lower precision: bring it to the state's dtype."""
-    kind = layout.device.type
-    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+    if autocast_enabled(layout.device):
         dtype = layout.dtype
         return pytree.tree_map(
             lambda t: t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t, out

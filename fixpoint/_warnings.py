@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from types import FrameType
 
 import torch
 
@@ -19,7 +20,8 @@ _INTERNAL = tuple(
 
 def warn_user(message: str, category: type[Warning]) -> None:
     """``warnings.warn`` attributed to the first frame outside fixpoint and torch."""
-    level, frame = 1, sys._getframe(1)
+    level = 1
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
         frame = frame.f_back
         level += 1

@@ -11,13 +11,13 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
+from fixpoint._norms import row_norm
 from fixpoint._tree import Layout
 from fixpoint.estimators.base import Estimate, Estimator
 from fixpoint.estimators.implicit import Implicit
 from fixpoint.linearization import Linearization
 from fixpoint.matvecs import count_matvecs
 from fixpoint.solvers.anderson import Anderson
-from fixpoint.solvers.base import row_norm
 
 __all__ = ["EstimatorComparison", "compare_estimators", "format_comparison"]
 

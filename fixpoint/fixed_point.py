@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor, nn
+from torch.autograd.graph import Node
 
 from fixpoint._checks import require_instance
 from fixpoint._forward import Forward, check_inputs, detach_args
@@ -25,11 +26,75 @@ from fixpoint._validation import flag
 from fixpoint.estimators.base import Estimator
 from fixpoint.estimators.implicit import Implicit
 from fixpoint.linearization import Linearization
-from fixpoint.solution import BackwardInfo
+from fixpoint.solution import BackwardInfo, Solution
 from fixpoint.solvers.anderson import Anderson
 from fixpoint.solvers.base import Solver
 
 __all__ = ["fixed_point"]
+
+
+@overload
+def fixed_point(
+    f: Any,
+    z0: Any,
+    *args: Any,
+    solver: Solver = ...,
+    estimator: Estimator = ...,
+    batched: bool = ...,
+    return_solution: Literal[False] = ...,
+    skip_converged: bool = ...,
+    in_dims: tuple[Any, ...] | None = ...,
+    has_aux: Literal[False] = ...,
+    throw: bool = ...,
+) -> Any: ...
+
+
+@overload
+def fixed_point(
+    f: Any,
+    z0: Any,
+    *args: Any,
+    solver: Solver = ...,
+    estimator: Estimator = ...,
+    batched: bool = ...,
+    return_solution: Literal[True],
+    skip_converged: bool = ...,
+    in_dims: tuple[Any, ...] | None = ...,
+    has_aux: Literal[False] = ...,
+    throw: bool = ...,
+) -> tuple[Any, Solution]: ...
+
+
+@overload
+def fixed_point(
+    f: Any,
+    z0: Any,
+    *args: Any,
+    solver: Solver = ...,
+    estimator: Estimator = ...,
+    batched: bool = ...,
+    return_solution: Literal[False] = ...,
+    skip_converged: bool = ...,
+    in_dims: tuple[Any, ...] | None = ...,
+    has_aux: Literal[True],
+    throw: bool = ...,
+) -> tuple[Any, Any]: ...
+
+
+@overload
+def fixed_point(
+    f: Any,
+    z0: Any,
+    *args: Any,
+    solver: Solver = ...,
+    estimator: Estimator = ...,
+    batched: bool = ...,
+    return_solution: Literal[True],
+    skip_converged: bool = ...,
+    in_dims: tuple[Any, ...] | None = ...,
+    has_aux: Literal[True],
+    throw: bool = ...,
+) -> tuple[Any, Any, Solution]: ...
 
 
 def fixed_point(
@@ -168,6 +233,7 @@ def _attach_eager(
     if not tangents and not (torch.is_grad_enabled() and _may_need_grad(f, leaves)):
         return z_star
     estimator = problem.estimator
+    assert estimator is not None  # fp.fixed_point's problem has one
     z_in = z_star.detach().requires_grad_(estimator.uses_vjp)
     with torch.enable_grad():
         fz = problem.fn(z_in, *leaves)
@@ -260,7 +326,8 @@ def _reaches_leaf(out: Tensor, stops: Sequence[Tensor]) -> bool:
         return out.requires_grad and not any(out is s for s in stops)
     stop_ids = {id(t) for t in stops}
     stop_nodes = {t.grad_fn for t in stops if t.grad_fn is not None}
-    seen, stack = set(), [out.grad_fn]
+    seen: set[Node] = set()
+    stack: list[Node | None] = [out.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or node in seen or node in stop_nodes:

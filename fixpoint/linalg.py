@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fixpoint.solvers.base import row_norm
+from fixpoint._norms import row_norm
 
-__all__ = ["KrylovResult", "bicgstab", "cg", "cgls", "gmres"]
+__all__ = ["KrylovResult", "MatVec", "bicgstab", "cg", "cgls", "gmres"]
 
 MatVec = Callable[[Tensor], Tensor]
+"""A product ``(B, n) -> (B, n)``, row by row: with a matrix here, with the per-sample
+Jacobian in the estimators (``vjp``: Jᵀv, ``jvp``: Jv)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
 
 
 def _start(
-    matvec: MatVec, b: Tensor, x0: Tensor | None, atol: float, rtol: float
+    matvec: MatVec, b: Tensor, x0: Tensor | None, atol: float | Tensor, rtol: float | Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Start, residual, active rows and tolerance of a Krylov solve from ``x0`` (or zero).
 
@@ -166,8 +168,9 @@ def cgls(
     original system and stops each row when :math:`\|r\|_2 \le` ``atol + rtol·‖b‖₂``; a
     least-squares solution that cannot meet it stops when :math:`A^\top r` vanishes. Starting
     from :math:`x_0 = 0`, ``k`` iterations cost exactly ``k`` products of each kind (a given
-    ``x0`` costs one more product with :math:`A`, for its residual), and a row with
-    :math:`b \ne 0` always takes a first step. Each row returns its iterate of lowest
+    ``x0`` costs one more product with :math:`A`, for its residual; a batch whose every
+    :math:`b` is zero costs one product with :math:`A^\top`, for the width of :math:`x = 0`),
+    and a row with :math:`b \ne 0` always takes a first step. Each row returns its iterate of lowest
     (recurrence) residual, which round-off on a nearly singular system can make differ from
     the last.
 
@@ -194,14 +197,19 @@ def cgls(
     >>> res.x.round(decimals=10)
     tensor([[1., 2.]], dtype=torch.float64)
     """
-    x, r, active, tol = _start(matvec, b, x0, atol, rtol)
+    start, r, active, tol = _start(matvec, b, x0, atol, rtol)
+    # From zero, x has the width of Aᵀr, known at the first product (A may be rectangular).
+    x = None if x0 is None else start
+    best = None if x is None else _Best(x, row_norm(r))
     p = ss = None
-    best = _Best(x, row_norm(r))
     iterations = 0
     while iterations < max_iter and bool(active.any()):
         s = rmatvec(r)
+        if x is None or best is None:
+            x = torch.zeros_like(s)
+            best = _Best(x, row_norm(r))
         ss_new = _squared_norm(s)
-        if p is None:
+        if p is None or ss is None:  # the first step (both are set together)
             p = s.clone()
         else:
             p.mul_(_safe_div(ss_new, ss)[:, None]).add_(s)
@@ -215,6 +223,8 @@ def cgls(
         residual = row_norm(r)
         best.update(x, residual)
         active = active & (residual > tol) & (ss > 0)
+    if best is None:  # every b is zero: x = 0, of Aᵀb's width
+        best = _Best(torch.zeros_like(rmatvec(b)), row_norm(r))
     return KrylovResult(best.x, best.residual, best.residual <= tol, iterations)
 
 

@@ -6,10 +6,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import vjp as func_vjp
 
+from fixpoint._registry import suggest
 from fixpoint._transforms import jvp as func_jvp
 from fixpoint._transforms import samples
+from fixpoint._transforms import vjp as func_vjp
 from fixpoint.matvecs import record
 
 __all__ = ["Linearization"]
@@ -118,8 +119,8 @@ class Linearization:
             raise RuntimeError(
                 "this estimator needs Jacobian-vector products Jv of f, but f supports neither "
                 f"forward-mode AD ({self._forward_error}) nor double backward ({error}). Use an "
-                "estimator that needs only vector-Jacobian products: fp.JFB(), fp.Neumann(k), "
-                "fp.Phantom(k), fp.Implicit(solver), or fp.CG(symmetric=True) if J is symmetric"
+                "estimator that needs only vector-Jacobian products: "
+                f"{suggest('estimator', uses_jvp=False)}"
             ) from error
         self._jvp_mode = "transpose"
         return out

@@ -210,7 +210,9 @@ class DEQ(nn.Module):
             return
         with parametrize.cached():
             for module in modules:
-                for name in module.parametrizations:
+                parametrizations = module.parametrizations
+                assert isinstance(parametrizations, nn.ModuleDict)  # is_parametrized(module)
+                for name in parametrizations:
                     getattr(module, name)
             yield
 

@@ -91,8 +91,13 @@ CONVERGED, MAX_ITER, NONFINITE, DIVERGED = (s.code for s in _ORDER)
 
 def status_from_codes(codes: Tensor) -> Status | tuple[Status, ...]:
     """The :class:`Status` of each code: one status for a 0-d tensor, else a tuple."""
-    values = [_ORDER[c - 1] for c in codes.reshape(-1).tolist()]
-    return values[0] if codes.dim() == 0 else tuple(values)
+    values = statuses_from_codes(codes)
+    return values[0] if codes.dim() == 0 else values
+
+
+def statuses_from_codes(codes: Tensor) -> tuple[Status, ...]:
+    """The :class:`Status` of each code of ``codes``, flattened: always a tuple."""
+    return tuple(_ORDER[c - 1] for c in codes.reshape(-1).tolist())
 
 
 def _is_vmapped(t: Tensor) -> bool:
@@ -232,19 +237,20 @@ class Solution:
     def __repr__(self) -> str:
         if _is_vmapped(self.status_code):
             return "Solution(under torch.func.vmap: statistics are per-sample tensors)"
-        if self.batched:
+        status = self.status
+        if isinstance(status, tuple):  # batched
             counts: dict[str, int] = {}
-            for s in self.status:
+            for s in status:
                 counts[s.value] = counts.get(s.value, 0) + 1
             res = self.residual
             finite = res[torch.isfinite(res)]
             worst = f"{finite.max().item():.3g}" if finite.numel() else "inf"
             return (
-                f"Solution(batch={len(self.status)}, status={counts}, max residual={worst}, "
+                f"Solution(batch={len(status)}, status={counts}, max residual={worst}, "
                 f"iterations≤{int(self.iterations.max())}, fevals≤{int(self.fevals.max())})"
             )
         return (
-            f"Solution(status={self.status.value}, residual={self.residual.item():.3g}, "
+            f"Solution(status={status.value}, residual={self.residual.item():.3g}, "
             f"iterations={int(self.iterations)}, fevals={int(self.fevals)})"
         )
 
@@ -273,6 +279,10 @@ class ConvergenceError(RuntimeError):
     ...     print(error.solution.status)
     diverged
     """
+
+    # The flat solve's outputs, set on the way out of the library's primitive for the caller to
+    # restructure .solution, and deleted once it has: not an attribute a user sees.
+    outs: tuple[Tensor, ...]
 
     def __init__(self, message: str, solution: Solution) -> None:
         super().__init__(message)

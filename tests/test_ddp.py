@@ -16,15 +16,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import fixpoint as fp
+from tests.methods import estimators
 
-ESTIMATORS = {
-    "jfb": fp.JFB(),
-    "neumann": fp.Neumann(k=3),
-    "cg": fp.CG(atol=1e-12, rtol=0.0),
-    "implicit": fp.Implicit(fp.Anderson(atol=1e-12, rtol=0.0)),
-    "phantom": fp.Phantom(k=4, damping=0.5),
-    "exact": fp.Exact(),
-}
+ESTIMATORS = {type(e).__name__: e for e in estimators(1e-12)}  # tests/methods.py
 WORLD = 2
 
 

@@ -6,6 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fixpoint as fp
+from tests.methods import estimators, solvers
 
 SOLVER_OPS = (
     "bmm",
@@ -50,11 +51,7 @@ def operator(recorder):
     return f, lin
 
 
-@pytest.mark.parametrize(
-    "solver",
-    [fp.Picard(atol=0.05, rtol=0), fp.Anderson(atol=0.05, rtol=0), fp.Broyden(atol=0.05, rtol=0)],
-    ids=lambda s: type(s).__name__,
-)
+@pytest.mark.parametrize("solver", solvers(0.05), ids=lambda s: type(s).__name__)
 def test_solver_arithmetic_stays_float32_under_bf16_autocast(solver):
     recorder = OpDtypes()
     f, lin = operator(recorder)
@@ -70,16 +67,7 @@ def test_solver_arithmetic_stays_float32_under_bf16_autocast(solver):
     assert all(dtype in (torch.float32, torch.bool, torch.int32) for _, dtype in solver_ops)
 
 
-@pytest.mark.parametrize(
-    "estimator",
-    [
-        fp.JFB(),
-        fp.Neumann(k=2),
-        fp.CG(atol=1e-3, rtol=0),
-        fp.Implicit(fp.Anderson(atol=1e-3, rtol=0), warn=False),
-    ],
-    ids=repr,
-)
+@pytest.mark.parametrize("estimator", estimators(2e-2), ids=repr)  # bf16 products: noisy
 def test_fixed_point_keeps_dtypes_and_estimators_work_in_float32(estimator):
     recorder = OpDtypes()
     f, lin = operator(recorder)

@@ -11,17 +11,9 @@ import pytest
 import torch
 
 import fixpoint as fp
+from tests.methods import estimators
 
-ESTIMATORS = [
-    fp.JFB(),
-    fp.Neumann(k=3),
-    fp.Phantom(k=3, damping=0.7),
-    fp.CG(atol=1e-12, rtol=0),
-    fp.GMRES(atol=1e-12, rtol=0),
-    fp.BiCGStab(atol=1e-12, rtol=0),
-    fp.Implicit(),
-    fp.Exact(),
-]
+ESTIMATORS = estimators(1e-12)  # every library estimator (tests/methods.py)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)

@@ -14,11 +14,18 @@ __all__ = ["check_options", "solve_adjoint"]
 
 
 class _Options(Protocol):
-    atol: float
-    rtol: float
-    max_iter: int
-    w0: str
-    warn: bool
+    """The options an iterative estimator (a frozen dataclass) has."""
+
+    @property
+    def atol(self) -> float: ...
+    @property
+    def rtol(self) -> float: ...
+    @property
+    def max_iter(self) -> int: ...
+    @property
+    def w0(self) -> str: ...
+    @property
+    def warn(self) -> bool: ...
 
 
 def check_options(estimator: Any, **extra: Any) -> None:

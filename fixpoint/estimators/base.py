@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor
 from torch._C import _functorch
 
 from fixpoint._display import compact
+from fixpoint._norms import row_norm
+from fixpoint._registry import register
 from fixpoint._warnings import warn_user
-from fixpoint.solvers.base import row_norm
+from fixpoint.linalg import MatVec
 
 __all__ = ["ConvergenceWarning", "Estimate", "Estimator", "MatVec"]
-
-MatVec = Callable[[Tensor], Tensor]
-"""A product ``(B, n) -> (B, n)`` with the per-sample Jacobian (``vjp``: Jᵀv, ``jvp``: Jv)."""
 
 
 def warn_inexact(converged: Tensor, what: str) -> None:
@@ -116,6 +114,10 @@ class Estimator(ABC):
         Whether :meth:`__call__` may call ``vjp``. When ``False`` the forward pass does not keep
         the graph of ``f`` with respect to ``z`` (JFB). It is only an optimisation: a product
         asked for anyway is still computed, by recomputing ``f``.
+    uses_jvp
+        Whether :meth:`__call__` may call ``jvp`` (in a backward pass). Such an estimator needs
+        ``f`` to support forward-mode AD or double backward; where ``f`` has neither, the error
+        names the library's estimators that declare ``False``.
     solves
         Whether :meth:`__call__` *solves* :math:`(I - J^\top) w = g` to a tolerance with a loop
         that stops on data (like :class:`~fixpoint.CG` and :class:`~fixpoint.Implicit`). The
@@ -123,6 +125,10 @@ class Estimator(ABC):
         ``vmap`` and differentiates it as the inverse it computes. ``False`` (the default)
         means a fixed sequence of products (like :class:`~fixpoint.Neumann`), which is
         evaluated on differentiable products and differentiated through.
+    exact
+        Whether :math:`w` is the implicit-function-theorem answer :math:`(I - J^\top)^{-1} g`
+        up to the estimator's tolerance (or rounding), rather than an approximation by design.
+        Every estimator that ``solves`` is exact in this sense.
 
     Every estimator is one linear map :math:`g \mapsto w = M g`. Forward-mode derivatives
     (``jvp``, ``jacfwd``) call the same :meth:`__call__` with the roles of ``vjp`` and ``jvp``
@@ -143,7 +149,13 @@ class Estimator(ABC):
     """
 
     uses_vjp: ClassVar[bool] = True
+    uses_jvp: ClassVar[bool] = False
     solves: ClassVar[bool] = False
+    exact: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register("estimator", cls)
 
     @abstractmethod
     def __call__(self, g: Tensor, vjp: MatVec, jvp: MatVec) -> Tensor | Estimate:

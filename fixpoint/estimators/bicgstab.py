@@ -48,6 +48,7 @@ class BiCGStab(Estimator):
     """
 
     solves: ClassVar[bool] = True
+    exact: ClassVar[bool] = True
 
     atol: float = 1e-8
     rtol: float = 1e-5

@@ -57,6 +57,8 @@ class CG(Estimator):
     """
 
     solves: ClassVar[bool] = True
+    exact: ClassVar[bool] = True
+    uses_jvp: ClassVar[bool] = True
 
     atol: float = 1e-8
     rtol: float = 1e-5
@@ -75,10 +77,10 @@ class CG(Estimator):
         def adjoint(v: Tensor) -> Tensor:  # (I − J) v
             return v - jvp(v)
 
-        tol = dict(atol=self.atol, rtol=self.rtol, max_iter=self.max_iter)
+        atol, rtol, max_iter = self.atol, self.rtol, self.max_iter
         x0 = g if self.w0 == "g" else None
         if self.symmetric:
-            result = cg(system, g, x0=x0, **tol)
+            result = cg(system, g, x0=x0, atol=atol, rtol=rtol, max_iter=max_iter)
         else:
-            result = cgls(system, adjoint, g, x0=x0, **tol)
+            result = cgls(system, adjoint, g, x0=x0, atol=atol, rtol=rtol, max_iter=max_iter)
         return report(self, result)

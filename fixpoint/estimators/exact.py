@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -29,6 +30,8 @@ class Exact(Estimator):
     ...                                            torch.ones(2, dtype=J.dtype)))
     True
     """
+
+    exact: ClassVar[bool] = True
 
     def __call__(self, g: Tensor, vjp: MatVec, jvp: MatVec) -> Estimate:
         batch, n = g.shape

@@ -60,6 +60,7 @@ class GMRES(Estimator):
     """
 
     solves: ClassVar[bool] = True
+    exact: ClassVar[bool] = True
 
     atol: float = 1e-8
     rtol: float = 1e-5

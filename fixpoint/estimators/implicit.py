@@ -8,6 +8,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from fixpoint._checks import require_instance
+from fixpoint._registry import suggest
 from fixpoint._validation import flag, store
 from fixpoint.estimators.base import Estimate, Estimator, MatVec, warn_inexact
 from fixpoint.solvers.anderson import Anderson
@@ -44,6 +45,7 @@ class Implicit(Estimator):
     """
 
     solves: ClassVar[bool] = True
+    exact: ClassVar[bool] = True
 
     solver: Solver = Anderson(atol=1e-8, rtol=1e-6, max_iter=100)
     warn: bool = True
@@ -55,8 +57,8 @@ class Implicit(Estimator):
                 f"fp.Implicit({type(self.solver).__name__}(...)): this solver differentiates "
                 "the map it solves, and the adjoint map w ↦ Jᵀw + g is linear: Newton's "
                 "method on it is one linear solve. Use the Krylov estimator that does that "
-                "solve directly, fp.GMRES(atol, rtol), or fp.Implicit with fp.Anderson() or "
-                "fp.Broyden()"
+                "solve directly, fp.GMRES(atol, rtol), or fp.Implicit with "
+                f"{suggest('solver', differentiates_map=False)}"
             )
         store(self, warn=flag("Implicit", "warn", self.warn))
 

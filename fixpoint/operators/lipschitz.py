@@ -7,12 +7,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import vjp
 
-from fixpoint._transforms import jvp
-from fixpoint._tree import FlatMap, Layout
+from fixpoint._norms import row_norm
+from fixpoint._transforms import jvp, vjp
+from fixpoint._tree import FlatFunction, Layout
 from fixpoint._validation import count
-from fixpoint.solvers.base import row_norm
 
 __all__ = ["lipschitz", "random_unit_rows"]
 
@@ -73,7 +72,7 @@ def lipschitz(
     iters = count("lipschitz", "iters", iters, 1)
     layout = Layout.of(z, batched, name="z")
     z_flat = layout.flatten(z).detach()
-    fn = FlatMap(f, layout, args)
+    fn = FlatFunction(f, layout, args)
     with torch.no_grad():
         _, pullback = vjp(fn, z_flat)
         v = random_unit_rows(z_flat, generator)

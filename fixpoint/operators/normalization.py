@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import vjp
 
+from fixpoint._transforms import vjp
 from fixpoint._validation import count, real
 
 __all__ = ["clip_operator_norm_", "operator_norm"]

@@ -3,18 +3,54 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
-from torch.func import vjp
 
-from fixpoint._tree import FlatMap, Layout
+from fixpoint._norms import row_norm
+from fixpoint._transforms import vjp
+from fixpoint._tree import FlatFunction, Layout
 from fixpoint._validation import count, flag
 from fixpoint.operators.lipschitz import random_unit_rows
-from fixpoint.solvers.base import row_norm
 
 __all__ = ["spectral_radius"]
+
+
+@overload
+def spectral_radius(
+    f: Callable[..., Any],
+    z: Any,
+    *args: Any,
+    iters: int = ...,
+    batched: bool = ...,
+    generator: torch.Generator | None = ...,
+    return_residual: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def spectral_radius(
+    f: Callable[..., Any],
+    z: Any,
+    *args: Any,
+    iters: int = ...,
+    batched: bool = ...,
+    generator: torch.Generator | None = ...,
+    return_residual: Literal[True],
+) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def spectral_radius(
+    f: Callable[..., Any],
+    z: Any,
+    *args: Any,
+    iters: int = ...,
+    batched: bool = ...,
+    generator: torch.Generator | None = ...,
+    return_residual: bool,
+) -> Tensor | tuple[Tensor, Tensor]: ...
 
 
 def spectral_radius(
@@ -89,7 +125,7 @@ def spectral_radius(
     layout = Layout.of(z, batched, name="z")
     z_flat = layout.flatten(z).detach()
     with torch.no_grad():
-        _, pullback = vjp(FlatMap(f, layout, args), z_flat)
+        _, pullback = vjp(FlatFunction(f, layout, args), z_flat)
         rho, residual = _arnoldi(
             lambda v: pullback(v)[0], random_unit_rows(z_flat, generator), iters
         )

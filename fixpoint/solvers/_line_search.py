@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fixpoint.solvers.base import FlatMap, row_norm
+from fixpoint._norms import row_norm
+from fixpoint.solvers.base import FlatMap
 
 __all__ = ["backtrack", "step_along"]
 

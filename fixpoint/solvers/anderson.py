@@ -68,7 +68,7 @@ class AndersonState:
 
 
 @dataclass(frozen=True)
-class Anderson(Solver):
+class Anderson(Solver[AndersonState]):
     r"""Anderson acceleration (type II) with history ``m``, mixing ``beta`` and regularisation.
 
     With residuals :math:`g_k = f(z_k) - z_k` and the last ``m`` differences

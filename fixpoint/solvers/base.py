@@ -6,19 +6,20 @@ best-iterate tracking, non-finite and divergence checks, traces and statistics.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Protocol, TypeGuard, TypeVar
 
 import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
-from torch._C import _functorch
 
+from fixpoint._norms import row_norm
+from fixpoint._precision import Precision
+from fixpoint._registry import register
 from fixpoint._validation import choice, count, optional_callable, real, store
 from fixpoint.solution import (
     CONVERGED,
@@ -29,40 +30,18 @@ from fixpoint.solution import (
     Solution,
 )
 
-__all__ = ["FlatMap", "Solver", "row_norm"]
+__all__ = ["FlatMap", "Solver", "row_norm"]  # row_norm: re-exported from fixpoint._norms
 
 FlatMap = Callable[[Tensor], Tensor]
 """A map of ``(B, n)`` matrices: row ``b`` is sample ``b``'s state."""
 
-
-def row_norm(x: Tensor) -> Tensor:
-    """Euclidean norm of each row of ``x`` (``(B, n) -> (B,)``), in at least float32.
-
-    Never overflows or underflows on its own: the plain sum of squares overflows once
-    ``‖x‖`` passes about the square root of the dtype's largest number (``1e19`` in float32)
-    and drops entries below the square root of its smallest (``1e-154`` in float64), so rows at
-    risk (an infinite, NaN or tiny plain norm) are computed again with the row divided by its
-    largest entry. On the CPU that second pass runs only when some row needs it; elsewhere, and
-    under torch.func transforms, it always runs (no host synchronisation).
-    """
-    low = x.dtype in (torch.float16, torch.bfloat16)
-    r = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32 if low else None)
-    info = torch.finfo(r.dtype)
-    at_risk = ~(r >= (info.tiny / info.eps) ** 0.5) | ~(r < info.max)
-    if x.device.type == "cpu" and not _functorch.is_functorch_wrapped_tensor(x):
-        if not bool(at_risk.any()):
-            return r
-    return torch.where(at_risk, _scaled_row_norm(x.float() if low else x), r)
-
-
-def _scaled_row_norm(x: Tensor) -> Tensor:
-    scale = torch.linalg.vector_norm(x, ord=math.inf, dim=1, keepdim=True)
-    scale = torch.where((scale > 0) & torch.isfinite(scale), scale, 1.0)
-    return torch.linalg.vector_norm(x / scale, dim=1) * scale[:, 0]
+StateT = TypeVar("StateT")
+"""The type of a solver's state (what :meth:`Solver.init` returns and :meth:`Solver.step`
+passes on)."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class Solver(ABC):
+class Solver(ABC, Generic[StateT]):
     r"""Base class of forward solvers for :math:`z = f(z)`.
 
     Subclasses implement :meth:`init` and :meth:`step` on flat ``(B, n)`` matrices (row ``b``
@@ -72,6 +51,10 @@ class Solver(ABC):
     :math:`s` is :math:`\|z\|` (``relative_to="state"``, the default) or the sample's initial
     residual :math:`\|f(z_0) - z_0\|` (``relative_to="initial"``, Kelley's rule), and the norm
     is the 2-norm of each sample unless ``norm`` says otherwise.
+
+    The class is generic in the type of the solver's state, ``Solver[StateT]`` (the library's
+    solvers subclass ``Solver[AndersonState]`` and so on); a subclass may also leave it out,
+    ``class MySolver(fp.Solver)``, and its state is then untyped.
 
     Which to use: the default asks for a residual small next to the solution, and its ``atol``
     is a floor for solutions near zero; but a solution whose entries are all small (a
@@ -115,11 +98,17 @@ class Solver(ABC):
     needs_active: ClassVar[bool] = False
     """Set it to ``True`` in a subclass whose :meth:`step` takes ``active=``: a bool ``(B,)``
     tensor of the rows still iterating (a line search then spends no evaluations on the
-    others)."""
+    others). The loop passes ``active`` to such a solver only. Declared
+    ``*, active: Tensor | None = None`` (``None``: every row), such a step keeps the signature
+    of :meth:`Solver.step` that it overrides."""
 
     differentiates_map: ClassVar[bool] = False
     """``True`` for a solver that takes Jacobian–vector products of the map it solves (Newton–
     Krylov); :class:`~fixpoint.Implicit` refuses such solvers."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register("solver", cls)
 
     atol: float = 1e-6
     rtol: float = 1e-5
@@ -148,13 +137,13 @@ class Solver(ABC):
         )
 
     @abstractmethod
-    def init(self, fn: FlatMap, z: Tensor, fz: Tensor) -> Any:
+    def init(self, fn: FlatMap, z: Tensor, fz: Tensor) -> StateT:
         """Return the solver's state before its first step, given ``z0`` and ``f(z0)``."""
 
     @abstractmethod
     def step(
-        self, fn: FlatMap, z: Tensor, fz: Tensor, g: Tensor, state: Any
-    ) -> tuple[Tensor, Tensor, Any]:
+        self, fn: FlatMap, z: Tensor, fz: Tensor, g: Tensor, state: StateT
+    ) -> tuple[Tensor, Tensor, StateT]:
         """Take one step from ``z``: return ``(z_next, f(z_next), state)``.
 
         ``fz = f(z)`` and ``g = fz − z`` (the residual the loop computed for its stopping test).
@@ -196,122 +185,117 @@ class Solver(ABC):
         precision: Precision,
         norm: Callable[[Tensor], Tensor],
     ) -> Solution:
-        calls = 0
-        index: Tensor | None = None  # batch rows of the working set; None: all, in order
-
-        def counted(v: Tensor) -> Tensor:
-            nonlocal calls
-            calls += 1
-            with precision.caller():
-                out = fn(v) if index is None or rows is None else rows(v, index)
-            return out.to(v.dtype)
-
-        batch = z0.shape[0]
-        device = z0.device
-        z = z0
-        fz = counted(z)
-        g = fz - z
-        r = norm(g)
-        finite = torch.isfinite(r)
-        best_z, best_r = z, torch.where(finite, r, math.inf)
-        codes = torch.full((batch,), RUNNING, dtype=torch.int8, device=device)
-        codes = torch.where(finite, codes, NONFINITE)
-        # The scale of rtol: ‖f(z₀) − z₀‖ (relative_to="initial"), else computed from z.
-        initial = r if self.relative_to == "initial" else None
-        codes = torch.where(finite & (r <= self.tolerance(z, initial, norm)), CONVERGED, codes)
-        iterations = torch.zeros(batch, dtype=torch.int64, device=device)
-        fevals = torch.ones(batch, dtype=torch.int64, device=device)
-        trace = Trace(r, capacity=self.max_iter + 1)
-        state: Any = None
+        evaluate = _Evaluations(fn, rows, precision)
+        work = self._start(evaluate(z0), z0, norm)
+        trace = Trace(work.r, capacity=self.max_iter + 1)
+        done = Finished(z0, work.r) if rows is not None else None  # rows dropped from `work`
+        held: tuple[StateT] | None = None  # the solver's state, once init has run
         # The newest iterate and the rows where it beats best_z; merged at the next host sync,
         # which also tells whether every row improved (then no copy is needed).
         pending: tuple[Tensor, Tensor] | None = None
-        # Rows dropped from the working set, written back when the loop ends.
-        done = Finished(batch, z0, r) if rows is not None else None
-
-        for k in range(self.max_iter):
-            active = codes == RUNNING
-            if pending is None:
-                n_active = int(active.sum())
-            else:
-                n_active, all_improved = torch.stack([active.sum(), pending[1].all()]).tolist()
-                best_z = _merge(pending, best_z, bool(all_improved))
-                pending = None
+        for _ in range(self.max_iter):
+            active = work.codes == RUNNING
+            n_active = work.sync(active, pending)
+            pending = None
             if n_active == 0:
                 break
-            work = active.shape[0]
-            if done is not None and n_active <= 0.75 * work:
+            size = active.shape[0]
+            if done is not None and n_active <= 0.75 * size:
                 keep = active.nonzero()[:, 0]
-                done.store(index, best_z, best_r, codes, iterations, fevals, r)
-                index = keep if index is None else index.index_select(0, keep)
-                z, fz, g, r, best_z, best_r, codes, iterations, fevals, active = (
-                    t.index_select(0, keep)
-                    for t in (z, fz, g, r, best_z, best_r, codes, iterations, fevals, active)
+                done.store(evaluate.index, work)
+                evaluate.index = keep if evaluate.index is None else evaluate.index[keep]
+                work, active = work.select(keep), active[keep]
+                if held is not None and held[0] is not None:
+                    held = (self.compact(held[0], keep, size),)
+                size = n_active
+            if held is None:  # the first step
+                held = (self.init(evaluate, work.z, work.fz),)
+            before = evaluate.calls
+            if _takes_active(self):
+                z_new, fz_new, state = self.step(
+                    evaluate, work.z, work.fz, work.g, held[0], active=active
                 )
-                if initial is not None:
-                    initial = initial.index_select(0, keep)
-                if state is not None:
-                    state = self.compact(state, keep, work)
-                work = n_active
-            if k == 0:
-                state = self.init(counted, z, fz)
-            before = calls
-            if self.needs_active:
-                z_new, fz_new, state = self.step(counted, z, fz, g, state, active=active)
             else:
-                z_new, fz_new, state = self.step(counted, z, fz, g, state)
-            g_new = fz_new - z_new
-            r_new = norm(g_new)
-            fevals += active * (calls - before)
-            iterations += active
-            if n_active == work:
-                z, fz, g, r = z_new, fz_new, g_new, r_new
-            else:
-                mask = active[:, None]
-                z = torch.where(mask, z_new, z)
-                fz = torch.where(mask, fz_new, fz)
-                g = torch.where(mask, g_new, g)
-                r = torch.where(active, r_new, r)
-            finite = torch.isfinite(r_new)
-            improved = active & (r_new < best_r)
-            pending = (z_new, improved)
-            best_r = torch.where(improved, r_new, best_r)
-            codes = torch.where(active & ~finite, NONFINITE, codes)
-            codes = torch.where(
-                active & finite & (r_new <= self.tolerance(z_new, initial, norm)),
-                CONVERGED,
-                codes,
-            )
-            codes = torch.where(
-                active & finite & (r_new > self.divergence * best_r), DIVERGED, codes
-            )
-            trace.append(r if done is None else done.full_residual(index, r))
-        if pending is not None:
-            best_z = _merge(pending, best_z, bool(pending[1].all()))
-        if done is not None:
-            done.store(index, best_z, best_r, codes, iterations, fevals, r)
-            best_z, best_r, codes, iterations, fevals = (
-                done.best_z,
-                done.best_r,
-                done.codes,
-                done.iterations,
-                done.fevals,
-            )
+                z_new, fz_new, state = self.step(evaluate, work.z, work.fz, work.g, held[0])
+            held = (state,)
+            calls = evaluate.calls - before
+            moved = None if n_active == size else active  # None: every row moves
+            pending = self._advance(work, active, moved, z_new, fz_new, calls, norm)
+            trace.append(work.r if done is None else done.full_residual(evaluate.index, work.r))
+        work.sync(None, pending)
+        return self._finish(work, done, evaluate.index, z0, trace)
 
-        codes = torch.where(codes == RUNNING, MAX_ITER, codes)
+    def _start(self, fz: Tensor, z0: Tensor, norm: Callable[[Tensor], Tensor]) -> _Rows:
+        """The loop's rows at ``z0``: a start that is non-finite or already within tolerance
+        is settled before any step."""
+        g = fz - z0
+        r = norm(g)
+        finite = torch.isfinite(r)
+        # The scale of rtol: ‖f(z₀) − z₀‖ (relative_to="initial"), else computed from z.
+        initial = r if self.relative_to == "initial" else None
+        codes = torch.full(r.shape, RUNNING, dtype=torch.int8, device=r.device)
+        codes = torch.where(finite, codes, NONFINITE)
+        codes = torch.where(finite & (r <= self.tolerance(z0, initial, norm)), CONVERGED, codes)
+        zeros = torch.zeros(r.shape, dtype=torch.int64, device=r.device)
+        return _Rows(
+            z0, fz, g, r, z0, torch.where(finite, r, math.inf), codes, zeros, zeros + 1, initial
+        )
+
+    def _advance(
+        self,
+        work: _Rows,
+        active: Tensor,
+        moved: Tensor | None,
+        z_new: Tensor,
+        fz_new: Tensor,
+        calls: int,
+        norm: Callable[[Tensor], Tensor],
+    ) -> tuple[Tensor, Tensor]:
+        """Move the ``active`` rows to the step's result and classify them; returns the
+        pending best-iterate update ``(z_new, improved)``."""
+        g_new = fz_new - z_new
+        r_new = norm(g_new)
+        work.fevals += active * calls
+        work.iterations += active
+        work.move(moved, z_new, fz_new, g_new, r_new)
+        improved = active & (r_new < work.best_r)
+        work.best_r = torch.where(improved, r_new, work.best_r)
+        work.codes = self._classify(work, active, z_new, r_new, norm)
+        return z_new, improved
+
+    def _classify(
+        self, work: _Rows, active: Tensor, z: Tensor, r: Tensor, norm: Callable[[Tensor], Tensor]
+    ) -> Tensor:
+        """The status of each active row after a step to ``z`` with residual ``r``."""
+        finite = torch.isfinite(r)
+        codes = torch.where(active & ~finite, NONFINITE, work.codes)
+        reached = r <= self.tolerance(z, work.initial, norm)
+        codes = torch.where(active & finite & reached, CONVERGED, codes)
+        grew = r > self.divergence * work.best_r
+        return torch.where(active & finite & grew, DIVERGED, codes)
+
+    @staticmethod
+    def _finish(
+        work: _Rows, done: Finished | None, index: Tensor | None, z0: Tensor, trace: Trace
+    ) -> Solution:
+        if done is not None:
+            done.store(index, work)
+            work = done.rows
+        codes = torch.where(work.codes == RUNNING, MAX_ITER, work.codes)
+        best_z = work.best_z
         if best_z.untyped_storage().data_ptr() == z0.untyped_storage().data_ptr():
             best_z = best_z.clone()  # the start was returned: never hand back the caller's tensor
         return Solution(
             value=best_z,
-            residual=best_r,
+            residual=work.best_r,
             converged=codes == CONVERGED,
-            iterations=iterations,
-            fevals=fevals,
+            iterations=work.iterations,
+            fevals=work.fevals,
             trace=trace.tensor(),
             status_code=codes,
         )
 
-    def compact(self, state: Any, index: Tensor, batch: int) -> Any:
+    def compact(self, state: StateT, index: Tensor, batch: int) -> StateT:
         """The solver state restricted to the rows ``index`` of a working set of ``batch`` rows.
 
         The default selects the rows of every tensor in ``state`` (a dataclass, tuple, list or
@@ -348,37 +332,17 @@ class Solver(ABC):
         return self.atol + self.rtol * norm(z)
 
 
-@dataclass(frozen=True)
-class Precision:
-    """The caller's autocast state, to evaluate ``f`` under it and everything else without it.
+class _StepsActive(Protocol[StateT]):
+    """A solver whose :meth:`~Solver.step` takes the rows still iterating, ``active=``."""
 
-    Under ``torch.autocast`` the map ``f`` runs in the low precision the caller asked for, while
-    residuals, the solvers' linear algebra and the estimators' inner products run in the state's
-    own dtype (float32 or wider): autocast would otherwise put ``bmm`` and friends in bfloat16.
-    """
+    def step(
+        self, fn: FlatMap, z: Tensor, fz: Tensor, g: Tensor, state: StateT, *, active: Tensor
+    ) -> tuple[Tensor, Tensor, StateT]: ...
 
-    device_type: str
-    enabled: bool
-    dtype: torch.dtype
 
-    @classmethod
-    def capture(cls, device: torch.device) -> Precision:
-        kind = device.type
-        if kind not in ("cpu", "cuda", "xpu", "mps", "hpu"):
-            return cls(kind, False, torch.float32)
-        return cls(kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
-
-    def caller(self) -> contextlib.AbstractContextManager[Any]:
-        """Autocast as the caller had it (no change when it was off)."""
-        if not self.enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    def solver(self) -> contextlib.AbstractContextManager[Any]:
-        """Autocast off, for the solver's and estimators' own arithmetic."""
-        if not self.enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, enabled=False)
+def _takes_active(solver: Solver[StateT]) -> TypeGuard[_StepsActive[StateT]]:
+    """Whether the loop passes ``active=`` to ``solver.step``: its ``needs_active``."""
+    return solver.needs_active
 
 
 class Trace:
@@ -408,36 +372,109 @@ class Trace:
         return self.buffer[: self.steps].clone()
 
 
+class _Evaluations:
+    """``fn`` as the loop calls it: counted, under the caller's autocast, on the working rows."""
+
+    def __init__(
+        self, fn: FlatMap, rows: Callable[[Tensor, Tensor], Tensor] | None, precision: Precision
+    ) -> None:
+        self.fn, self.rows, self.precision = fn, rows, precision
+        self.calls = 0
+        self.index: Tensor | None = None  # batch rows of the working set; None: all, in order
+
+    def __call__(self, v: Tensor) -> Tensor:
+        self.calls += 1
+        with self.precision.caller():
+            out = (
+                self.fn(v) if self.index is None or self.rows is None else self.rows(v, self.index)
+            )
+        return out.to(v.dtype)
+
+
+@dataclass
+class _Rows:
+    """The loop's per-row tensors: the iterate, ``f`` of it, its residual and norm, the best
+    iterate and residual, the status code, the counters, and the scale of ``relative_to``."""
+
+    z: Tensor
+    fz: Tensor
+    g: Tensor
+    r: Tensor
+    best_z: Tensor
+    best_r: Tensor
+    codes: Tensor
+    iterations: Tensor
+    fevals: Tensor
+    initial: Tensor | None
+
+    def select(self, index: Tensor) -> _Rows:
+        """These rows, ``index`` of them."""
+
+        def pick(t: Tensor) -> Tensor:
+            return t.index_select(0, index)
+
+        return _Rows(
+            pick(self.z),
+            pick(self.fz),
+            pick(self.g),
+            pick(self.r),
+            pick(self.best_z),
+            pick(self.best_r),
+            pick(self.codes),
+            pick(self.iterations),
+            pick(self.fevals),
+            None if self.initial is None else pick(self.initial),
+        )
+
+    def move(self, active: Tensor | None, z: Tensor, fz: Tensor, g: Tensor, r: Tensor) -> None:
+        """The ``active`` rows (``None``: all) take the new iterate."""
+        if active is None:
+            self.z, self.fz, self.g, self.r = z, fz, g, r
+            return
+        mask = active[:, None]
+        self.z = torch.where(mask, z, self.z)
+        self.fz = torch.where(mask, fz, self.fz)
+        self.g = torch.where(mask, g, self.g)
+        self.r = torch.where(active, r, self.r)
+
+    def sync(self, active: Tensor | None, pending: tuple[Tensor, Tensor] | None) -> int:
+        """Merge a pending best-iterate update, in the same host synchronisation that counts
+        the ``active`` rows (returned; 0 without ``active``)."""
+        if pending is None:
+            return 0 if active is None else int(active.sum())
+        candidate, improved = pending
+        counts = [improved.all()] if active is None else [improved.all(), active.sum()]
+        synced = torch.stack(counts).tolist()
+        all_improved = bool(synced[0])
+        self.best_z = (
+            candidate if all_improved else torch.where(improved[:, None], candidate, self.best_z)
+        )
+        return 0 if active is None else int(synced[1])
+
+
 class Finished:
     """Full-batch results of the rows a compacting loop has dropped from its working set."""
 
-    def __init__(self, batch: int, z0: Tensor, r0: Tensor) -> None:
-        self.best_z = z0.clone()
-        self.best_r = torch.full_like(r0, math.inf)
-        self.codes = torch.zeros(batch, dtype=torch.int8, device=z0.device)
-        self.iterations = torch.zeros(batch, dtype=torch.int64, device=z0.device)
-        self.fevals = torch.zeros(batch, dtype=torch.int64, device=z0.device)
-        self.residual = r0.clone()
+    def __init__(self, z0: Tensor, r0: Tensor) -> None:
+        batch = r0.shape[0]
+        zeros = torch.zeros(batch, dtype=torch.int64, device=z0.device)
+        self.rows = _Rows(
+            z0,
+            z0,
+            z0,
+            r0.clone(),
+            z0.clone(),
+            torch.full_like(r0, math.inf),
+            torch.zeros(batch, dtype=torch.int8, device=z0.device),
+            zeros,
+            zeros.clone(),
+            None,
+        )
 
-    def store(
-        self,
-        index: Tensor | None,
-        best_z: Tensor,
-        best_r: Tensor,
-        codes: Tensor,
-        iterations: Tensor,
-        fevals: Tensor,
-        r: Tensor,
-    ) -> None:
+    def store(self, index: Tensor | None, work: _Rows) -> None:
         """Write the working set's rows (``index``; None: all rows) into the full results."""
-        for full, part in (
-            (self.best_z, best_z),
-            (self.best_r, best_r),
-            (self.codes, codes),
-            (self.iterations, iterations),
-            (self.fevals, fevals),
-            (self.residual, r),
-        ):
+        for name in ("best_z", "best_r", "codes", "iterations", "fevals", "r"):
+            full, part = getattr(self.rows, name), getattr(work, name)
             if index is None:
                 full.copy_(part)
             else:
@@ -447,9 +484,4 @@ class Finished:
         """The residual of every row: the working rows' current one, the others' last one."""
         if index is None:
             return r
-        return self.residual.index_copy(0, index, r)
-
-
-def _merge(pending: tuple[Tensor, Tensor], best: Tensor, all_improved: bool) -> Tensor:
-    candidate, improved = pending
-    return candidate if all_improved else torch.where(improved[:, None], candidate, best)
+        return self.rows.r.index_copy(0, index, r)

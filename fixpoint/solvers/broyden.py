@@ -8,9 +8,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from fixpoint._norms import row_norm
 from fixpoint._validation import count, flag, store
 from fixpoint.solvers._line_search import step_along
-from fixpoint.solvers.base import FlatMap, Solver, row_norm
+from fixpoint.solvers.base import FlatMap, Solver
 
 __all__ = ["Broyden", "BroydenMemory", "BroydenState"]
 
@@ -151,7 +152,7 @@ class BroydenState:
 
 
 @dataclass(frozen=True)
-class Broyden(Solver):
+class Broyden(Solver[BroydenState]):
     r"""Limited-memory good Broyden method for the root of :math:`g(z) = f(z) - z`, globalised.
 
     Keeps :math:`H \approx (\partial g/\partial z)^{-1}` as Broyden's update of :math:`-I` by the
@@ -240,8 +241,10 @@ class Broyden(Solver):
         g: Tensor,
         state: BroydenState,
         *,
-        active: Tensor,
+        active: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, BroydenState]:
+        if active is None:  # called outside the loop: every row
+            active = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
         memory = state.memory
         dtype = z.dtype
         z, g = z.to(memory.s.dtype), g.to(memory.s.dtype)

@@ -8,11 +8,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from fixpoint._norms import row_norm
+from fixpoint._registry import suggest
 from fixpoint._validation import count, flag, real, store
 from fixpoint.linalg import gmres
 from fixpoint.linearization import Linearization
 from fixpoint.solvers._line_search import step_along
-from fixpoint.solvers.base import FlatMap, Solver, row_norm
+from fixpoint.solvers.base import FlatMap, Solver
 
 __all__ = ["NewtonKrylov", "NewtonKrylovState"]
 
@@ -33,7 +35,7 @@ class NewtonKrylovState:
 
 
 @dataclass(frozen=True)
-class NewtonKrylov(Solver):
+class NewtonKrylov(Solver[NewtonKrylovState]):
     r"""Inexact Newton–Krylov method for the root of :math:`g(z) = f(z) - z`.
 
     Each step solves the Newton equation :math:`(I - J)\,d = g(z)`, :math:`J = \partial f/\partial
@@ -143,8 +145,10 @@ class NewtonKrylov(Solver):
         g: Tensor,
         state: NewtonKrylovState,
         *,
-        active: Tensor,
+        active: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, NewtonKrylovState]:
+        if active is None:  # called outside the loop: every row
+            active = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
         r = row_norm(g)
         eta = self._forcing(z, r, state)
         lin = Linearization(fn, z, counted=False, jvp_mode=state.jvp_mode)
@@ -158,7 +162,7 @@ class NewtonKrylov(Solver):
                 raise RuntimeError(
                     "fp.NewtonKrylov needs Jacobian-vector products of f, and f supports "
                     "neither forward-mode AD nor double backward. Use a solver that needs "
-                    "evaluations of f only: fp.Anderson() or fp.Broyden()"
+                    f"evaluations of f only: {suggest('solver', differentiates_map=False)}"
                 ) from error
 
         inner = gmres(

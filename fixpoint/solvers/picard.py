@@ -13,7 +13,7 @@ __all__ = ["Picard"]
 
 
 @dataclass(frozen=True)
-class Picard(Solver):
+class Picard(Solver[None]):
     r"""Damped fixed-point iteration :math:`z_{k+1} = (1-\alpha) z_k + \alpha f(z_k)`.
 
     For a γ-contraction with ``damping = 1`` the error obeys the Banach bound

@@ -8,14 +8,17 @@ from hypothesis import strategies as st
 import fixpoint as fp
 from fixpoint.testing import contractions
 from tests.estimators.helpers import TIGHT, dense_ift_gradient, library_gradient
+from tests.methods import ESTIMATOR_CLASSES, SOLVER_CLASSES, estimator, is_exact, solver
 
+# Every exact library estimator (tests/methods.py), and Implicit with each library solver
+# that can serve it.
 EXACT_ESTIMATORS = {
-    "exact": fp.Exact(),
-    "cg": fp.CG(atol=1e-13, rtol=0.0, max_iter=200),
-    "gmres": fp.GMRES(atol=1e-13, rtol=0.0, max_iter=200, restart=3),
-    "bicgstab": fp.BiCGStab(atol=1e-13, rtol=0.0, max_iter=200),
-    "implicit-anderson": fp.Implicit(fp.Anderson(atol=1e-13, rtol=0.0, max_iter=300)),
-    "implicit-broyden": fp.Implicit(fp.Broyden(atol=1e-13, rtol=0.0, max_iter=300)),
+    type(e).__name__: e
+    for e in (estimator(cls, 1e-13) for cls in ESTIMATOR_CLASSES if is_exact(cls))
+} | {
+    f"Implicit-{cls.__name__}": fp.Implicit(solver(cls, 1e-13))
+    for cls in SOLVER_CLASSES
+    if not cls.differentiates_map
 }
 
 
@@ -33,7 +36,7 @@ def test_gradient_matches_dense_ift(name, problem, seed):
     torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["exact", "cg", "implicit-anderson"])
+@pytest.mark.parametrize("name", ["Exact", "CG", "Implicit"])
 @settings(max_examples=15)
 @given(
     problem=contractions(n=st.integers(1, 5), gamma=st.floats(0.0, 0.8)),
@@ -111,4 +114,5 @@ def test_cg_never_returns_a_silent_zero():
     assert from_g.iterations == 0 and torch.equal(from_g.w, g)
     tight = fp.CG(atol=1e-12, rtol=0.0)(g, vjp, jvp)
     torch.testing.assert_close(tight.w[0], exact)
-    assert fp.CG(w0="zero")(torch.zeros(1, 2), vjp, jvp).iterations == 0  # g = 0: w = 0 is right
+    zero = torch.zeros(1, 2, dtype=torch.float64)
+    assert fp.CG(w0="zero")(zero, vjp, jvp).iterations == 0  # g = 0: w = 0 is right

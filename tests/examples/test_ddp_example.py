@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ddp_train.py"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -26,13 +26,16 @@ def test_torchrun_two_processes():
         "torch.distributed.run",
         "--nproc_per_node=2",
         f"--master_port={free_port()}",
-        str(EXAMPLE),
+        "-m",
+        "examples.ddp_train",
         "--epochs",
         "1",
         "--method",
         "neumann-2",
     ]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    out = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "epoch 1:" in out.stdout and "on 2 processes" in out.stdout
     accuracy = float(out.stdout.split("test accuracy ")[1].split("%")[0])

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from jfb_networks import NETWORKS, parameter_count
 
 import fixpoint as fp
+from examples.jfb_networks import NETWORKS, parameter_count
 
 PAPER = {"mnist": (54_000, 54_362), "svhn": (164_000, 164_714), "cifar10": (840_000, 843_440)}
 

@@ -8,13 +8,14 @@ fixed-point loop, the one-step JFB gradient, and a dense implicit-function-theor
 import re
 from pathlib import Path
 
-import jfb_paper
-import jfb_table2
 import pytest
 import torch
-from jfb_paper import PAPER_PARAMETERS, PAPER_RECIPES, channel_norm, paper_network
 
 import fixpoint as fp
+from examples import jfb_paper, jfb_table2
+from examples.common import Dataset
+from examples.jfb_paper import PAPER_PARAMETERS, PAPER_RECIPES, channel_norm, paper_network
+from examples.jfb_training import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,8 +157,8 @@ def test_paper_recipe_trainer_uses_the_recipe():
     args = jfb_table2.parse_args(["--recipe", "paper", "--dataset", "svhn", "--no-progress"])
     assert args.epochs == PAPER_RECIPES["svhn"]["fpn"].epochs == 100
     d = torch.randn(8, 3, 32, 32)
-    data = jfb_table2.Dataset("svhn", d, torch.randint(0, 10, (8,)), d[:4], torch.zeros(4).long())
-    trainer = jfb_table2.Trainer("jacobian", data, args)
+    data = Dataset("svhn", d, torch.randint(0, 10, (8,)), d[:4], torch.zeros(4).long())
+    trainer = Trainer("jacobian", data, args)
     recipe = PAPER_RECIPES["svhn"]["jacobian"]
     group = trainer.opt.param_groups[0]
     assert (group["lr"], group["weight_decay"]) == (recipe.lr, recipe.weight_decay)

@@ -3,12 +3,13 @@
 import csv
 import json
 
-import jfb_table2
 import pytest
 import torch
-from jfb_table2 import DatasetNotFound, load_dataset, make_estimator
 
+import examples.common
 import fixpoint as fp
+from examples import jfb_table2, jfb_training
+from examples.common import DatasetNotFound, load_dataset, make_estimator
 
 SMALL = ["--epochs", "1", "--max-train", "128", "--max-test", "64", "--no-progress"]
 
@@ -45,13 +46,13 @@ def test_methods_are_interleaved_and_timed_after_the_warm_up(tmp_path, monkeypat
     """Epochs alternate between methods (the order rotating each round); every method's
     results are those it gets trained alone; ratios are taken within rounds."""
     order = []
-    real_epoch = jfb_table2.Trainer.epoch
+    real_epoch = jfb_training.Trainer.epoch
 
     def recording(self, number):
         order.append((number, self.method))
         return real_epoch(self, number)
 
-    monkeypatch.setattr(jfb_table2.Trainer, "epoch", recording)
+    monkeypatch.setattr(jfb_training.Trainer, "epoch", recording)
     args = [*SMALL[2:], "--epochs", "3", "--out", str(tmp_path)]
     together = jfb_table2.main([*args, "--methods", "jfb", "neumann-2"])
     assert order == [
@@ -94,10 +95,18 @@ def test_batches_with_unconverged_cg_are_skipped(tmp_path):
 def test_method_names_map_to_estimators():
     assert make_estimator("jfb") == fp.JFB()
     assert make_estimator("neumann-7") == fp.Neumann(k=7)
-    assert isinstance(make_estimator("jacobian"), fp.CG)
+    assert make_estimator("jacobian", rtol=1e-3, max_iter=9, warn=False) == fp.CG(
+        atol=0.0, rtol=1e-3, max_iter=9, w0="zero", warn=False
+    )
+    assert make_estimator("cg") == make_estimator("jacobian")
+    assert make_estimator("implicit", atol=1e-9, rtol=0.0, max_iter=7) == fp.Implicit(
+        fp.Anderson(m=5, atol=1e-9, rtol=0.0, max_iter=7)
+    )
     assert make_estimator("phantom-3") == fp.Phantom(k=3, damping=0.5)
-    with pytest.raises(ValueError, match="unknown method"):
-        make_estimator("neuman-5")
+    assert make_estimator("exact") == fp.Exact()
+    for bad in ("neuman-5", "neumann-", "neumann-x", "phantom", "bogus"):
+        with pytest.raises(ValueError, match="unknown estimator"):
+            make_estimator(bad)
     with pytest.raises(SystemExit):
         jfb_table2.parse_args(["--methods", "jfb", "bogus"])
 
@@ -107,7 +116,7 @@ def test_missing_download_only_data_set_fails_clearly(name, tmp_path, monkeypatc
     def no_download(*args, **kwargs):
         raise AssertionError("tests must never download")
 
-    monkeypatch.setattr(jfb_table2, "_import_torchvision", no_download)
+    monkeypatch.setattr(examples.common, "_import_torchvision", no_download)
     with pytest.raises(DatasetNotFound) as info:
         load_dataset(name, data_dir=tmp_path)
     message = str(info.value)

@@ -8,23 +8,21 @@ from hypothesis import strategies as st
 import fixpoint as fp
 from fixpoint.testing import contractions
 from tests.conftest import tol_for
+from tests.methods import SOLVER_CLASSES, solver
+
+# Every library solver (tests/methods.py), and variants worth their own run.
+VARIANTS = {"Broyden-plain": (fp.Broyden, dict(line_search=False))}
+CLASSES = {cls.__name__: (cls, {}) for cls in SOLVER_CLASSES} | VARIANTS
+SOLVERS = list(CLASSES)
 
 
 def make_solver(name: str, tol: float) -> fp.Solver:
-    if name == "picard":
-        return fp.Picard(atol=tol, rtol=0, max_iter=1000)
-    if name == "anderson":
-        return fp.Anderson(atol=tol, rtol=0)
-    if name == "broyden":
-        return fp.Broyden(atol=tol, rtol=0)
-    if name == "broyden-plain":
-        return fp.Broyden(atol=tol, rtol=0, line_search=False)
-    return fp.NewtonKrylov(atol=tol, rtol=0)
+    cls, options = CLASSES[name]
+    return solver(cls, tol, **options)
 
 
-SOLVERS = ["picard", "anderson", "broyden", "broyden-plain", "newton-krylov"]
 # Solvers whose line search evaluates f at trial points (of any row of a batch).
-GLOBALISED = {"broyden", "newton-krylov"}
+GLOBALISED = {name for name in SOLVERS if getattr(make_solver(name, 1e-6), "line_search", False)}
 
 
 class Counting:

@@ -5,15 +5,11 @@ import pytest
 import torch
 
 import fixpoint as fp
-from fixpoint.solvers.base import row_norm
+from fixpoint._norms import row_norm
+from tests.methods import SOLVER_CLASSES
 
-SOLVERS = [
-    fp.Picard(max_iter=300),
-    fp.Anderson(max_iter=300),
-    fp.Broyden(max_iter=300),
-    fp.NewtonKrylov(max_iter=300),
-]
-IDS = ["picard", "anderson", "broyden", "newton-krylov"]
+SOLVERS = [cls(max_iter=300) for cls in SOLVER_CLASSES]
+IDS = [cls.__name__ for cls in SOLVER_CLASSES]
 
 
 @pytest.mark.parametrize("solver", SOLVERS, ids=IDS)

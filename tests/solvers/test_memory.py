@@ -13,8 +13,11 @@ import pytest
 import torch
 
 import fixpoint as fp
+from tests.methods import SOLVER_CLASSES
 
-SOLVERS = [fp.Picard(), fp.Anderson(m=3), fp.Broyden(memory=4), fp.NewtonKrylov(inner_max_iter=5)]
+# Small histories, so that a full memory is reached early (a method without one: defaults).
+SMALL = {"Anderson": dict(m=3), "Broyden": dict(memory=4), "NewtonKrylov": dict(inner_max_iter=5)}
+SOLVERS = [cls(**SMALL.get(cls.__name__, {})) for cls in SOLVER_CLASSES]
 
 
 def live_tensors():

@@ -8,17 +8,16 @@ import torch
 from hypothesis import strategies as st
 
 import fixpoint as fp
+from tests.methods import ESTIMATOR_CLASSES, estimator, is_exact
 
 TIGHT = fp.Anderson(atol=1e-13, rtol=0.0, max_iter=500)
-EXACT = [
-    fp.Implicit(fp.Anderson(atol=1e-13, rtol=0.0, max_iter=500)),
-    fp.CG(atol=1e-13, rtol=0.0, max_iter=500),
-    fp.GMRES(atol=1e-13, rtol=0.0, max_iter=500, restart=7),
-    fp.BiCGStab(atol=1e-13, rtol=0.0, max_iter=500),
-    fp.Exact(),
-]
-INEXACT = [fp.JFB(), fp.Neumann(k=3), fp.Phantom(k=4, damping=0.7)]
+# Every library estimator (tests/methods.py): the exact ones solve to 1e-13.
+EXACT = [estimator(cls, 1e-13) for cls in ESTIMATOR_CLASSES if is_exact(cls)]
+INEXACT = [estimator(cls) for cls in ESTIMATOR_CLASSES if not is_exact(cls)]
 ESTIMATORS = EXACT + INEXACT
+# The Krylov estimators some tests single out.
+CG_TIGHT = fp.CG(atol=1e-13, rtol=0.0, max_iter=500)
+GMRES_TIGHT = fp.GMRES(atol=1e-13, rtol=0.0, max_iter=500, restart=7)
 
 
 def f(z, w, x, gamma):

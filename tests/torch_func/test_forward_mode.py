@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 from torch.func import jacfwd, jacrev, jvp, vmap
 
 import fixpoint as fp
-from tests.torch_func.helpers import ESTIMATORS, EXACT, TIGHT, Params, dense_jacobian_x, params
+from tests.torch_func.helpers import (
+    CG_TIGHT,
+    ESTIMATORS,
+    GMRES_TIGHT,
+    TIGHT,
+    Params,
+    dense_jacobian_x,
+    params,
+)
 
 
 def solution_map(p, estimator, batched=False):
@@ -64,22 +72,22 @@ def test_eager_forward_ad_reaches_closed_over_tensors():
     with forward_ad.dual_level():
         w = forward_ad.make_dual(p.w, tangent)
         z = fp.fixed_point(
-            lambda z, x: p.map(z, w, x), p.z0(), p.x, solver=TIGHT, estimator=EXACT[2]
+            lambda z, x: p.map(z, w, x), p.z0(), p.x, solver=TIGHT, estimator=GMRES_TIGHT
         )
         got = forward_ad.unpack_dual(z).tangent
-    expected = jvp(lambda w: solution_map(p, EXACT[2])(w, p.x), (p.w,), (tangent,))[1]
+    expected = jvp(lambda w: solution_map(p, GMRES_TIGHT)(w, p.x), (p.w,), (tangent,))[1]
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-8)
 
 
 def test_vmap_of_jvp_equals_jacfwd():
     p = Params(3, 0.6, seed=5)
-    z_of = solution_map(p, EXACT[1])
+    z_of = solution_map(p, CG_TIGHT)
     eye = torch.eye(3, dtype=torch.float64)
     columns = vmap(lambda v: jvp(lambda x: z_of(p.w, x), (p.x,), (v,))[1])(eye)
     torch.testing.assert_close(columns.T, jacfwd(lambda x: z_of(p.w, x))(p.x))
 
 
-@pytest.mark.parametrize("estimator", [EXACT[2], fp.JFB()], ids=repr)
+@pytest.mark.parametrize("estimator", [GMRES_TIGHT, fp.JFB()], ids=repr)
 def test_forward_over_forward_is_refused(estimator):
     """PyTorch drops the outer tangent of a custom jvp rule: an error, never a wrong zero."""
     p = Params(3, 0.6, seed=6)

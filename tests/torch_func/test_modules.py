@@ -7,9 +7,10 @@ import torch
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 import fixpoint as fp
+from tests.methods import estimators
 
 SOLVER = fp.Anderson(atol=1e-12, rtol=0.0, max_iter=300)
-ESTIMATORS = [fp.JFB(), fp.Neumann(k=3), fp.CG(atol=1e-12, rtol=0.0), fp.Exact()]
+ESTIMATORS = estimators(1e-12)  # every library estimator (tests/methods.py)
 
 
 class Layer(torch.nn.Module):

@@ -9,8 +9,8 @@ from torch.func import functional_call, grad, jacrev, vjp, vmap
 
 import fixpoint as fp
 from tests.torch_func.helpers import (
+    CG_TIGHT,
     ESTIMATORS,
-    EXACT,
     TIGHT,
     Params,
     dense_jacobian_x,
@@ -89,14 +89,14 @@ def test_jacrev_batches_the_backward_solves():
 
     def z_of(x):
         z, sol = fp.fixed_point(
-            p.map, p.z0(), p.w, x, solver=TIGHT, estimator=EXACT[1], return_solution=True
+            p.map, p.z0(), p.w, x, solver=TIGHT, estimator=CG_TIGHT, return_solution=True
         )
         infos.append(sol.backward)
         return z
 
     with fp.count_matvecs() as count:
         jac = jacrev(z_of)(p.x)
-    torch.testing.assert_close(jac, dense_jacobian_x(p, EXACT[1]), atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(jac, dense_jacobian_x(p, CG_TIGHT), atol=1e-9, rtol=1e-7)
     (info,) = infos
     assert info.calls == 1 and info.converged.shape == (5,) and info.converged.all()
     # One vjp more than iterations: the residual of CG's start w0 = g.
