@@ -72,19 +72,19 @@ def params(draw, n=st.integers(1, 5), gamma=st.floats(0.1, 0.85), batch=None):
 
 
 def dense_linear_map(estimator, jac):
-    """The estimator's M (w = M g) as a dense matrix of the Jacobian J (unbatched)."""
+    """The estimator's M (w = M g) as a dense matrix of the Jacobian J (unbatched).
+
+    For an exact estimator, (I − Jᵀ)⁻¹. For the others, the estimator's own rule applied to
+    the columns of the identity with dense products (differentiable in J): these tests check
+    that every derivative of a fixed point follows the rule; tests/test_options.py checks each
+    rule against its formula.
+    """
     n = jac.shape[-1]
     eye = torch.eye(n, dtype=jac.dtype)
-    jt = jac.mT
-    if isinstance(estimator, fp.JFB):
-        return eye
-    if isinstance(estimator, fp.Neumann):
-        return sum(torch.linalg.matrix_power(jt, i) for i in range(estimator.k + 1))
-    if isinstance(estimator, fp.Phantom):
-        lam = estimator.damping
-        step = (1 - lam) * eye + lam * jt
-        return lam * sum(torch.linalg.matrix_power(step, i) for i in range(estimator.k))
-    return torch.linalg.inv(eye - jt)
+    if is_exact(estimator):
+        return torch.linalg.inv(eye - jac.mT)
+    out = estimator(eye, vjp=lambda v: v @ jac, jvp=lambda v: v @ jac.mT)
+    return getattr(out, "w", out).mT  # row i is M e_i
 
 
 def dense_jacobian_x(p, estimator, w=None, x=None):
