@@ -24,6 +24,7 @@ from fixpoint.estimators import (
 from fixpoint.fixed_point import fixed_point
 from fixpoint.linalg import MatVec
 from fixpoint.matvecs import MatvecCount, count_matvecs
+from fixpoint.regularization import jacobian_penalty
 from fixpoint.solution import BackwardInfo, ConvergenceError, Solution, Status
 from fixpoint.solve import solve
 from fixpoint.solvers import Anderson, Broyden, NewtonKrylov, Picard, Solver
@@ -60,6 +61,7 @@ __all__ = [
     "count_matvecs",
     "fixed_point",
     "format_comparison",
+    "jacobian_penalty",
     "nn",
     "operators",
     "solve",

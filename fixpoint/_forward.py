@@ -8,7 +8,7 @@ the *leaves*) and the rest; ``z`` is flattened to ``(rows, n)``. The solve itsel
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from fixpoint._primitives import solve
 from fixpoint._problem import FlatProblem
 from fixpoint._transforms import transforms_active
 from fixpoint._tree import Layout, autocast_output
-from fixpoint._validation import flag
+from fixpoint._validation import count, flag
 from fixpoint.solution import BackwardInfo, ConvergenceError, Solution
 from fixpoint.solvers.base import Solver
 
@@ -152,7 +152,11 @@ class Forward:
         return out[1]
 
     def solution(
-        self, outs: tuple[Tensor, ...], aux: Any = None, backward: BackwardInfo | None = None
+        self,
+        outs: tuple[Tensor, ...],
+        aux: Any = None,
+        backward: BackwardInfo | None = None,
+        iterates: Sequence[Tensor] = (),
     ) -> Solution:
         """The caller-facing :class:`Solution` of :meth:`solve`'s outputs."""
         value, residual, converged, iterations, fevals, trace, codes = outs
@@ -171,6 +175,7 @@ class Forward:
             status_code=codes,
             aux=aux,
             backward=backward,
+            iterates=tuple(self.layout.unflatten(t) for t in iterates) or None,
         )
 
 
@@ -229,3 +234,11 @@ def no_grad_aux(forward: Forward, value: Any) -> Any:
     """The auxiliary output at the solution, as a constant (for :func:`fixpoint.solve`)."""
     with torch.no_grad():
         return forward.aux(value, detach_args(forward.args))
+
+
+def keep_steps(owner: str, steps: Sequence[int]) -> tuple[int, ...]:
+    """``keep_iterates`` checked: whole numbers ≥ 0, and no torch.func transform about."""
+    checked = tuple(count(owner, "keep_iterates", k, 0) for k in steps)
+    if checked and transforms_active():
+        raise ValueError(f"{owner}: keep_iterates is not supported under torch.func transforms")
+    return checked

@@ -260,7 +260,9 @@ def solve_flat(problem: FlatProblem, z0: Tensor, leaves: tuple[Tensor, ...]) -> 
 
     rows = problem.rows_at(leaves, z0.shape[0])
     try:
-        sol = problem.solver.iterate(checked, z0.detach(), rows=rows, norm=problem.norm)
+        sol = problem.solver.iterate(
+            checked, z0.detach(), rows=rows, norm=problem.norm, keep=problem.keep
+        )
     except RuntimeError as error:
         clear = escaped_tensor_error(_caller(problem), error)
         if clear is None:
@@ -268,6 +270,7 @@ def solve_flat(problem: FlatProblem, z0: Tensor, leaves: tuple[Tensor, ...]) -> 
         raise clear from error
     if rows is not None:
         _verify_converged(problem, sol, fn)
+    problem.kept[:] = sol.iterates or ()
     outs = (
         sol.value,
         sol.residual,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,6 +47,9 @@ class FlatProblem:
         Warn (:class:`~fixpoint.ConvergenceWarning`) when a row of the solve does not converge.
     throw
         Raise :class:`~fixpoint.ConvergenceError` instead when a row does not converge.
+    keep, kept
+        Steps whose iterates the solve keeps (see :meth:`fixpoint.Solver.iterate`), and where
+        the direct solve puts them (flat rows).
     vmapped
         ``fn`` evaluates the caller's map under :func:`torch.func.vmap` (rows are then
         ``size × rows`` of the caller's problem).
@@ -68,6 +71,8 @@ class FlatProblem:
     per_sample: tuple[bool, ...] = ()
     warn: bool = False
     throw: bool = False
+    keep: tuple[int, ...] = ()
+    kept: list[Tensor] = field(default_factory=list)
     vmapped: bool = False
     eager: Any = None
     norm: Callable[[Tensor], Tensor] | None = None

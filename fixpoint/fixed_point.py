@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import Node
 
 from fixpoint._checks import require_instance
-from fixpoint._forward import Forward, check_inputs, detach_args
+from fixpoint._forward import Forward, check_inputs, detach_args, keep_steps
 from fixpoint._primitives import ImplicitOp, apply, run_estimator
 from fixpoint._problem import FlatProblem
 from fixpoint._transforms import (
@@ -46,6 +46,7 @@ def fixed_point(
     in_dims: tuple[Any, ...] | None = ...,
     has_aux: Literal[False] = ...,
     throw: bool = ...,
+    keep_iterates: Sequence[int] = ...,
 ) -> Any: ...
 
 
@@ -62,6 +63,7 @@ def fixed_point(
     in_dims: tuple[Any, ...] | None = ...,
     has_aux: Literal[False] = ...,
     throw: bool = ...,
+    keep_iterates: Sequence[int] = ...,
 ) -> tuple[Any, Solution]: ...
 
 
@@ -78,6 +80,7 @@ def fixed_point(
     in_dims: tuple[Any, ...] | None = ...,
     has_aux: Literal[True],
     throw: bool = ...,
+    keep_iterates: Sequence[int] = ...,
 ) -> tuple[Any, Any]: ...
 
 
@@ -94,6 +97,7 @@ def fixed_point(
     in_dims: tuple[Any, ...] | None = ...,
     has_aux: Literal[True],
     throw: bool = ...,
+    keep_iterates: Sequence[int] = ...,
 ) -> tuple[Any, Any, Solution]: ...
 
 
@@ -109,6 +113,7 @@ def fixed_point(
     in_dims: tuple[Any, ...] | None = None,
     has_aux: bool = False,
     throw: bool = False,
+    keep_iterates: Sequence[int] = (),
 ) -> Any:
     r"""The fixed point ``z* = f(z*, *args)``, differentiable with respect to ``args`` and ``f``'s
     parameters, in every mode and to every order.
@@ -167,6 +172,9 @@ def fixed_point(
     throw
         Raise :class:`~fixpoint.ConvergenceError` (carrying the forward :class:`Solution`)
         instead of the warning when the forward solve does not converge for some sample.
+    keep_iterates
+        Steps whose forward iterates ``Solution.iterates`` hands back (constants: no gradient
+        flows through them; see :func:`fixpoint.solve`).
 
     Returns
     -------
@@ -203,6 +211,7 @@ def fixed_point(
         in_dims=in_dims,
         warn=True,
         throw=flag("fp.fixed_point", "throw", throw),
+        keep=keep_steps("fp.fixed_point", keep_iterates),
     )
     outs = forward.solve(problem, z0)
     z_star = outs[0]
@@ -215,7 +224,7 @@ def fixed_point(
     aux = forward.aux(z) if has_aux else None
     if not return_solution:
         return (z, aux) if has_aux else z
-    sol = forward.solution(outs, aux=aux, backward=info)
+    sol = forward.solution(outs, aux=aux, backward=info, iterates=problem.kept)
     return (z, aux, sol) if has_aux else (z, sol)
 
 

@@ -194,6 +194,10 @@ class Solution:
     backward
         For :func:`fixpoint.fixed_point`: a :class:`BackwardInfo` that the backward pass fills;
         ``None`` for :func:`fixpoint.solve`.
+    iterates
+        With ``keep_iterates=(k₁, k₂, …)``: the iterates after those steps (``0`` is the
+        start), each with the structure of ``z0``; a sample that stopped before step ``k``
+        contributes the iterate it stopped at. ``None`` otherwise.
 
     Examples
     --------
@@ -213,6 +217,7 @@ class Solution:
     status_code: Tensor
     aux: Any = None
     backward: BackwardInfo | None = None
+    iterates: tuple[Any, ...] | None = None
 
     @cached_property
     def status(self) -> Status | tuple[Status, ...]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from fixpoint._forward import Forward, check_inputs, no_grad_aux
+from fixpoint._forward import Forward, check_inputs, keep_steps, no_grad_aux
+from fixpoint._numpy import Interop
 from fixpoint._validation import flag
-from fixpoint.solution import Solution
+from fixpoint.solution import ConvergenceError, Solution
 from fixpoint.solvers.anderson import Anderson
 from fixpoint.solvers.base import Solver
 
@@ -24,6 +25,7 @@ def solve(
     in_dims: tuple[Any, ...] | None = None,
     has_aux: bool = False,
     throw: bool = False,
+    keep_iterates: Sequence[int] = (),
 ) -> Solution:
     r"""Find ``z`` with ``z = f(z, *args)``; no gradient flows through the result.
 
@@ -31,9 +33,12 @@ def solve(
     ----------
     f
         The map, called as ``f(z, *args)``. It must return the structure, shapes and dtype of
-        ``z`` (with ``has_aux=True``: a pair ``(z, aux)``).
+        ``z`` (with ``has_aux=True``: a pair ``(z, aux)``). NumPy arrays it returns for a tensor
+        ``z`` are converted to tensors of ``z``'s dtype and device.
     z0
-        Starting point: a floating-point tensor or a pytree (tuple/list/dict) of them.
+        Starting point: a floating-point tensor or a pytree (tuple/list/dict) of them; or, for
+        a NumPy function ``f``, a NumPy array (float16, float32 or float64), a NumPy scalar or
+        a pytree of arrays: see *NumPy* below.
     *args
         Extra inputs of ``f``, passed through unchanged. Under :func:`torch.func.vmap`, every
         tensor that is vmapped must reach ``f`` through ``args`` (not a closure).
@@ -64,6 +69,11 @@ def solve(
         Raise :class:`~fixpoint.ConvergenceError` (carrying the :class:`Solution`) when the
         solve does not converge for some sample. By default the solution is returned and its
         ``status`` says why it stopped.
+    keep_iterates
+        Steps (``0`` is ``z0``) whose iterates the solution hands back as
+        :attr:`Solution.iterates`, without keeping the steps in between (for losses on
+        intermediate iterates: see :class:`fixpoint.nn.DEQ`'s ``correction_steps``). Not under
+        torch.func transforms.
 
     Returns
     -------
@@ -71,6 +81,28 @@ def solve(
         ``value`` with the structure of ``z0``, and statistics of shape ``()`` (or ``(B,)``).
         Under :func:`torch.func.vmap` the statistics are per-sample tensors too and the status
         is read from :attr:`Solution.status_code`.
+
+    Notes
+    -----
+    **NumPy.** With a NumPy ``z0`` the solve takes and gives NumPy, as
+    ``scipy.optimize.fixed_point`` does. ``z0`` is copied (never changed) into a CPU tensor
+    of its own dtype, float32 staying float32; the solver iterates on tensors; ``f`` is
+    called with a NumPy copy of the iterate (an array of ``z0``'s dtype and shape, batch
+    first when batched, or a pytree of them), and what it returns, anything ``np.asarray``
+    reads, is copied back and cast to ``z0``'s dtype (real values only). NumPy arrays in
+    ``args`` reach ``f`` as given (with ``skip_converged``, sliced with the samples as
+    ``in_dims`` says). The solution's ``value`` (and ``iterates``) are NumPy arrays of
+    ``z0``'s dtype and structure (a NumPy scalar for a NumPy scalar ``z0``), ``aux`` is what
+    ``f`` returned; the statistics (``residual``, ``converged``, ``iterations``, ``fevals``,
+    ``trace``, ``status_code``) stay CPU tensors: ``float(sol.residual)``,
+    ``bool(sol.converged)``, ``int(sol.iterations)``, ``sol.status`` and
+    ``np.asarray(sol.trace)`` give Python and NumPy values. With ``throw=True`` the
+    :class:`~fixpoint.ConvergenceError`'s ``solution`` is converted the same way. A solver's
+    ``norm`` still receives tensors. Autograd cannot see through a NumPy function, so a solver
+    that takes its Jacobian–vector products (:class:`~fixpoint.NewtonKrylov`) raises a
+    ``TypeError`` (:class:`~fixpoint.Anderson`, :class:`~fixpoint.Broyden` and
+    :class:`~fixpoint.Picard` need evaluations only), and a NumPy ``z0`` under a
+    :mod:`torch.func` transform raises a ``RuntimeError``.
 
     Examples
     --------
@@ -86,13 +118,33 @@ def solve(
     ...                                         torch.zeros(()), x).value)(xs)
     >>> zs.shape
     torch.Size([100])
+
+    A NumPy function and a NumPy start give a NumPy answer, of the start's dtype:
+
+    >>> import numpy as np
+    >>> sol = fp.solve(np.cos, np.zeros(3, dtype=np.float32))
+    >>> type(sol.value).__name__, sol.value.dtype, bool(sol.converged)
+    ('ndarray', dtype('float32'), True)
     """
     check_inputs(f, solver, batched, skip_converged)
     throw = flag("fp.solve", "throw", throw)
-    forward = Forward.prepare(f, z0, args, batched, has_aux)
-    problem = forward.problem(solver, skip_converged=skip_converged, in_dims=in_dims, throw=throw)
-    outs = forward.solve(problem, z0)
-    sol = forward.solution(outs)
+    io = Interop.of(z0, args, solver, skip_converged=skip_converged)
+    forward = Forward.prepare(io.wrap(f, has_aux), io.z0, io.args, batched, has_aux)
+    problem = forward.problem(
+        solver,
+        skip_converged=skip_converged,
+        in_dims=in_dims,
+        throw=throw,
+        keep=keep_steps("fp.solve", keep_iterates),
+    )
+    try:
+        outs = forward.solve(problem, io.z0)
+    except ConvergenceError as error:
+        if hasattr(error, "solution"):
+            error.solution = io.solution(error.solution)
+        raise
+    sol = forward.solution(outs, iterates=problem.kept)
     if has_aux:
-        return forward.solution(outs, aux=no_grad_aux(forward, sol.value))
-    return sol
+        aux = no_grad_aux(forward, sol.value)
+        sol = forward.solution(outs, aux=aux, iterates=problem.kept)
+    return io.solution(sol)

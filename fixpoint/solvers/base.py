@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeGuard, TypeVar
 
@@ -159,6 +159,7 @@ class Solver(ABC, Generic[StateT]):
         *,
         rows: Callable[[Tensor, Tensor], Tensor] | None = None,
         norm: Callable[[Tensor], Tensor] | None = None,
+        keep: Sequence[int] = (),
     ) -> Solution:
         """Solve ``z = fn(z)`` for a flat ``(B, n)`` start ``z0``; every row is its own problem.
 
@@ -170,12 +171,16 @@ class Solver(ABC, Generic[StateT]):
         ``index`` of the batch (``z = z_full[index]``). The loop then works on the rows still
         iterating only: once a quarter of its working rows have stopped, it drops them from
         the iterate, the solver state (:meth:`compact`) and the evaluations of ``f``.
+
+        ``keep`` lists steps (``0`` is ``z0``) whose iterates the solution hands back as
+        ``iterates``, in that order, without keeping the others; a row that stopped before a
+        step contributes the iterate it stopped at.
         """
         precision = Precision.capture(z0.device)
         if norm is None:
             norm = row_norm if self.norm is None else self.norm
         with precision.solver():
-            return self._iterate(fn, z0, rows, precision, norm)
+            return self._iterate(fn, z0, rows, precision, norm, _Snapshots(keep, z0))
 
     def _iterate(
         self,
@@ -184,6 +189,7 @@ class Solver(ABC, Generic[StateT]):
         rows: Callable[[Tensor, Tensor], Tensor] | None,
         precision: Precision,
         norm: Callable[[Tensor], Tensor],
+        snapshots: _Snapshots,
     ) -> Solution:
         evaluate = _Evaluations(fn, rows, precision)
         work = self._start(evaluate(z0), z0, norm)
@@ -193,7 +199,7 @@ class Solver(ABC, Generic[StateT]):
         # The newest iterate and the rows where it beats best_z; merged at the next host sync,
         # which also tells whether every row improved (then no copy is needed).
         pending: tuple[Tensor, Tensor] | None = None
-        for _ in range(self.max_iter):
+        for k in range(self.max_iter):
             active = work.codes == RUNNING
             n_active = work.sync(active, pending)
             pending = None
@@ -222,8 +228,9 @@ class Solver(ABC, Generic[StateT]):
             moved = None if n_active == size else active  # None: every row moves
             pending = self._advance(work, active, moved, z_new, fz_new, calls, norm)
             trace.append(work.r if done is None else done.full_residual(evaluate.index, work.r))
+            snapshots.record(k + 1, work, done, evaluate.index)
         work.sync(None, pending)
-        return self._finish(work, done, evaluate.index, z0, trace)
+        return self._finish(work, done, evaluate.index, z0, trace, snapshots)
 
     def _start(self, fz: Tensor, z0: Tensor, norm: Callable[[Tensor], Tensor]) -> _Rows:
         """The loop's rows at ``z0``: a start that is non-finite or already within tolerance
@@ -276,7 +283,12 @@ class Solver(ABC, Generic[StateT]):
 
     @staticmethod
     def _finish(
-        work: _Rows, done: Finished | None, index: Tensor | None, z0: Tensor, trace: Trace
+        work: _Rows,
+        done: Finished | None,
+        index: Tensor | None,
+        z0: Tensor,
+        trace: Trace,
+        snapshots: _Snapshots,
     ) -> Solution:
         if done is not None:
             done.store(index, work)
@@ -293,6 +305,7 @@ class Solver(ABC, Generic[StateT]):
             fevals=work.fevals,
             trace=trace.tensor(),
             status_code=codes,
+            iterates=snapshots.finish(work.z),
         )
 
     def compact(self, state: StateT, index: Tensor, batch: int) -> StateT:
@@ -452,6 +465,31 @@ class _Rows:
         return 0 if active is None else int(synced[1])
 
 
+class _Snapshots:
+    """The iterate of every row after chosen steps, and nothing of the steps in between."""
+
+    def __init__(self, steps: Sequence[int], z0: Tensor) -> None:
+        self.steps = tuple(int(k) for k in steps)
+        if any(k < 0 for k in self.steps):
+            raise ValueError(f"keep: steps must be ≥ 0, got {self.steps}")
+        self.kept: dict[int, Tensor] = {0: z0.clone()} if 0 in self.steps else {}
+
+    def record(self, step: int, work: _Rows, done: Finished | None, index: Tensor | None) -> None:
+        if step in self.steps:
+            z = (
+                work.z
+                if done is None or index is None
+                else done.rows.z.index_copy(0, index, work.z)
+            )
+            self.kept[step] = z.clone()
+
+    def finish(self, last: Tensor) -> tuple[Tensor, ...] | None:
+        """The kept iterates in the order asked; steps the solve did not reach get ``last``."""
+        if not self.steps:
+            return None
+        return tuple(self.kept.get(k, last) for k in self.steps)
+
+
 class Finished:
     """Full-batch results of the rows a compacting loop has dropped from its working set."""
 
@@ -459,7 +497,7 @@ class Finished:
         batch = r0.shape[0]
         zeros = torch.zeros(batch, dtype=torch.int64, device=z0.device)
         self.rows = _Rows(
-            z0,
+            z0.clone(),
             z0,
             z0,
             r0.clone(),
@@ -473,7 +511,7 @@ class Finished:
 
     def store(self, index: Tensor | None, work: _Rows) -> None:
         """Write the working set's rows (``index``; None: all rows) into the full results."""
-        for name in ("best_z", "best_r", "codes", "iterations", "fevals", "r"):
+        for name in ("z", "best_z", "best_r", "codes", "iterations", "fevals", "r"):
             full, part = getattr(self.rows, name), getattr(work, name)
             if index is None:
                 full.copy_(part)
