@@ -200,9 +200,11 @@ def test_broyden_line_search_matches_reference(options):
     a, b, zs, residuals = broyden_search_reference(options, steps)
     solver = fp.Broyden(line_search=True, max_iter=steps, **options, **NONSTOP)
     sol = solver.iterate(torch_map(a, b), torch.zeros(1, 4, dtype=DT))
-    np.testing.assert_allclose(sol.trace[:, 0].numpy(), residuals, rtol=1e-8)
+    # rtol 1e-6: on this expanding map (radius 4) eight quasi-Newton steps amplify round-off
+    # (the small systems are summed in another order); a wrong rule is off by far more.
+    np.testing.assert_allclose(sol.trace[:, 0].numpy(), residuals, rtol=1e-6)
     best = int(np.argmin(residuals))
-    np.testing.assert_allclose(sol.value[0].numpy(), zs[best], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(sol.value[0].numpy(), zs[best], rtol=1e-6, atol=1e-10)
 
 
 def test_broyden_line_search_options_change_the_reference():

@@ -58,20 +58,41 @@ class BroydenMemory:
     ss: Tensor
     age: Tensor
     added: int = 0
+    limit: int = 0
 
     @classmethod
     def empty(
         cls, batch: int, memory: int, n: int, dtype: torch.dtype, device=None
     ) -> BroydenMemory:
-        """No pairs: :math:`H = -I` for each of ``batch`` rows, room for ``memory`` pairs."""
+        """No pairs: :math:`H = -I` for each of ``batch`` rows, room for ``memory`` pairs.
+
+        The storage grows with the pairs added (doubling, up to ``memory``), so that the
+        products, which read all of it, cost what the pairs in use cost.
+        """
+        first = min(memory, 4)
         zeros = dict(dtype=dtype, device=device)
         return cls(
-            s=torch.zeros(batch, memory, n, **zeros),
-            y=torch.zeros(batch, memory, n, **zeros),
-            sy=torch.zeros(batch, memory, memory, **zeros),
-            ss=torch.zeros(batch, memory, memory, **zeros),
-            age=torch.full((batch, memory), -1, dtype=torch.int64, device=device),
+            s=torch.zeros(batch, first, n, **zeros),
+            y=torch.zeros(batch, first, n, **zeros),
+            sy=torch.zeros(batch, first, first, **zeros),
+            ss=torch.zeros(batch, first, first, **zeros),
+            age=torch.full((batch, first), -1, dtype=torch.int64, device=device),
+            limit=memory,
         )
+
+    def _grow(self) -> None:
+        """Room for one more pair in every row (until ``limit``): slots fill in order, so after
+        ``added`` additions a row uses at most that many."""
+        size = self.age.shape[1]
+        if self.added < size or size >= self.limit:
+            return
+        more = min(self.limit, 2 * size) - size
+        batch, _, n = self.s.shape
+        pad = self.s.new_zeros(batch, more, n)
+        self.s, self.y = torch.cat([self.s, pad], 1), torch.cat([self.y, pad], 1)
+        self.sy = torch.nn.functional.pad(self.sy, (0, more, 0, more))
+        self.ss = torch.nn.functional.pad(self.ss, (0, more, 0, more))
+        self.age = torch.nn.functional.pad(self.age, (0, more), value=-1)
 
     def _coefficients(self, sx: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`c = (S^\\top Y + L)^{-1} S^\\top x` from ``sx`` (``(B, m)``), and which rows
@@ -107,6 +128,7 @@ class BroydenMemory:
         Returns the rows that took the pair. A full row drops its oldest pair.
         """
         hy, ok, _ = self._apply(y)
+        self._grow()
         denominator = (s * hy).sum(1)
         eps = torch.finfo(s.dtype).eps ** 0.5
         # Non-finite s or y make a norm or the denominator non-finite, and fail the test.
@@ -281,6 +303,7 @@ class Broyden(Solver[BroydenState]):
                 pick(memory.ss),
                 pick(memory.age),
                 memory.added,
+                memory.limit,
             ),
             z_prev=pick(state.z_prev),
             g_prev=pick(state.g_prev),
