@@ -6,8 +6,8 @@ solve*: ``z0`` is copied into a CPU tensor of its own dtype, the solver iterates
 ``z0``'s dtype; the solution's ``value`` (and ``iterates``) come back as NumPy arrays. The
 statistics stay tensors, which :class:`~fixpoint.Solution` needs for ``status`` and its repr.
 
-With a tensor ``z0``, an ``f`` that returns NumPy arrays has them converted to tensors of the
-state's dtype and device (the solution is then a tensor solution).
+With a tensor ``z0`` nothing changes: ``f`` is called as given (a NumPy output is then the
+solve's usual "f must return a tensor" error).
 """
 
 from __future__ import annotations
@@ -82,10 +82,7 @@ class Interop:
         """Read ``z0``; for NumPy, check the call can be one and convert ``z0`` (and ``args``)."""
         leaves, spec = pytree.tree_flatten(z0)
         if not any(map(_is_numpy, leaves)):
-            first = leaves[0] if leaves else None
-            if isinstance(first, Tensor):
-                return cls(False, z0, args, dtype=first.dtype, device=first.device)
-            return cls(False, z0, args)  # fp.solve's own checks say what is wrong
+            return cls(False, z0, args)  # a tensor solve: fp.solve's own checks apply
         if not all(map(_is_numpy, leaves)):
             others = sorted({type(leaf).__name__ for leaf in leaves if not _is_numpy(leaf)})
             raise TypeError(
@@ -142,7 +139,7 @@ class Interop:
     def wrap(self, f: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
         """``f`` as a map of tensors: NumPy copies in (a NumPy solve), tensors out."""
         if not self.numpy:
-            return self._wrap_tensor(f, has_aux)
+            return f  # a tensor solve: f as given, nothing added to each evaluation
 
         def numpy_f(z: Any, *args: Any) -> Any:
             z = pytree.tree_map(lambda t: t.detach().cpu().numpy().copy(), z)
@@ -172,38 +169,6 @@ class Interop:
         return pytree.tree_unflatten(
             [t if isinstance(t, Tensor) else _to_tensor(t, dtype, device) for t in leaves], spec
         )
-
-    def _wrap_tensor(self, f: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
-        dtype, device = self.dtype, self.device
-        if dtype is None or device is None:
-            return f
-
-        def state(out: Any) -> Any:
-            if isinstance(out, Tensor):
-                return out
-            leaves, spec = pytree.tree_flatten(out)
-            if not any(map(_is_numpy, leaves)):
-                return out
-            if transforms_active():
-                raise RuntimeError(
-                    "fp.solve: f returned a NumPy array under a torch.func transform (vmap, "
-                    "grad, jvp, ...), which cannot batch or differentiate it: write f with "
-                    "torch operations"
-                )
-            return pytree.tree_unflatten(
-                [_to_tensor(t, dtype, device) if _is_numpy(t) else t for t in leaves], spec
-            )
-
-        def tensor_f(z: Any, *args: Any) -> Any:
-            out = f(z, *args)
-            if isinstance(out, Tensor):
-                return out
-            if has_aux and isinstance(out, tuple) and len(out) == 2:
-                z_out = state(out[0])
-                return out if z_out is out[0] else (z_out, out[1])
-            return state(out)
-
-        return tensor_f
 
     def value(self, tree: Any) -> Any:
         """A state of the solve (tensors) as the caller gave ``z0``: NumPy in a NumPy solve."""

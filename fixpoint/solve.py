@@ -33,8 +33,8 @@ def solve(
     ----------
     f
         The map, called as ``f(z, *args)``. It must return the structure, shapes and dtype of
-        ``z`` (with ``has_aux=True``: a pair ``(z, aux)``). NumPy arrays it returns for a tensor
-        ``z`` are converted to tensors of ``z``'s dtype and device.
+        ``z`` (with ``has_aux=True``: a pair ``(z, aux)``); for a NumPy ``z0``, NumPy arrays
+        (see *NumPy* below).
     z0
         Starting point: a floating-point tensor or a pytree (tuple/list/dict) of them; or, for
         a NumPy function ``f``, a NumPy array (float16, float32 or float64), a NumPy scalar or
